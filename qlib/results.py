@@ -1,0 +1,82 @@
+"""The chapters' result rows: ``record`` writes one JSON row-set per chapter to
+``book/results/<chapter>.json``; ``table`` reads them all back as one DataFrame.
+
+In smoke mode rows go to ``<cache_dir>/smoke-results`` so a CI run never overwrites the
+published (real-data) results. ``QLIB_RESULTS`` overrides the folder.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COLUMNS = ("chapter", "method", "bits", "accuracy", "acc_lo", "acc_hi", "agreement", "kl",
+           "size_mb", "ms_per_batch", "images_per_s", "settings", "data", "date", "commit")
+
+
+def results_dir(cfg=None) -> Path:
+    if os.environ.get("QLIB_RESULTS"):
+        return Path(os.environ["QLIB_RESULTS"])
+    if cfg is not None and cfg.smoke:
+        return Path(cfg.cache_dir) / "smoke-results"
+    return ROOT / "book" / "results"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (out.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def record(chapter: str, rows: list, cfg=None, data: str | None = None) -> Path:
+    """Write a chapter's rows (dicts with at least 'method') atomically; returns the file."""
+    if not rows or not all(isinstance(r, dict) and "method" in r for r in rows):
+        raise ValueError(f"rows: expected a non-empty list of dicts with a 'method' key, got {rows!r:.200}")
+    stamp = {"chapter": chapter, "date": datetime.date.today().isoformat(), "commit": git_commit(),
+             "data": data or "", "image_size": getattr(cfg, "image_size", None),
+             "split": getattr(cfg, "split", None), "smoke": bool(getattr(cfg, "smoke", False))}
+    out = [{**stamp, **r} for r in rows]
+    d = results_dir(cfg)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{chapter}.json"
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{chapter}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(out, f, indent=1, default=_jsonable)
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(v):
+    if hasattr(v, "item"):
+        return v.item()
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    if hasattr(v, "__dataclass_fields__"):
+        import dataclasses
+        return dataclasses.asdict(v)
+    return str(v)
+
+
+def load(chapter: str, cfg=None) -> list:
+    path = results_dir(cfg) / f"{chapter}.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def table(cfg=None):
+    """Every recorded row of every chapter as a pandas DataFrame (one row per variant)."""
+    import pandas as pd
+
+    rows = []
+    for p in sorted(results_dir(cfg).glob("*.json")):
+        rows.extend(json.loads(p.read_text()))
+    df = pd.DataFrame(rows)
+    return df

@@ -1,0 +1,70 @@
+"""qlib.measure and qlib.results: the protocol every chapter uses."""
+import json
+
+import pytest
+import torch
+
+from qlib import Config, measure, results
+from qlib import data as qdata
+
+
+def test_accuracy_ci_brackets_and_widens_with_correlation():
+    labels = torch.arange(200) % 5
+    pred = labels.clone()
+    pred[:40] = (pred[:40] + 1) % 5  # 80% correct
+    indep = [str(i) for i in range(200)]
+    tracks = [str(i // 20) for i in range(200)]  # errors concentrated in two tracks
+    acc, lo, hi = measure.accuracy_ci(pred, labels, indep)
+    assert acc == pytest.approx(0.8) and lo < 0.8 < hi
+    _, lo2, hi2 = measure.accuracy_ci(pred, labels, tracks)
+    assert hi2 - lo2 > hi - lo  # correlated frames: a wider, honest interval
+
+
+def test_fidelity_identity_and_flip():
+    z = torch.randn(50, 7)
+    f = measure.fidelity(z, z)
+    assert f["agreement"] == 1.0 and abs(f["kl"]) < 1e-6
+    assert measure.fidelity(-z, z)["agreement"] < 0.5
+
+
+def test_reference_excludes_calibration_images(tmp_path):
+    cfg = Config.from_env(smoke=True, cache_dir=str(tmp_path))
+    s = qdata.load(cfg)
+    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 29)).eval()
+    ref = measure.Reference(m, s, calib_idx=range(10))
+    assert len(ref.fid_set) == sum(len(x) for _, x in s) - 10
+    row = ref.row(m)
+    assert row["agreement"] == 1.0 and row["n_test"] == len(s.test)
+
+
+def test_latency_protocol():
+    m = torch.nn.Conv2d(3, 4, 3).eval()
+    r = measure.latency(m, image_size=16, batch_size=4, runs=3, warmup=1)
+    assert r["runs"] == 3 and r["spread"] >= 1.0 and r["images_per_s"] > 0
+    with pytest.raises(ValueError, match="runs=0"):
+        measure.latency(m, runs=0)
+
+
+def test_file_size_is_the_real_file(tmp_path):
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"x" * 1_500_000)
+    assert measure.file_size_mb(p) == 1.5
+
+
+def test_results_record_and_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("QLIB_RESULTS", str(tmp_path))
+    results.record("04_gptq", [{"method": "gptq", "bits": 4, "accuracy": torch.tensor(0.9)}], data="synthetic")
+    results.record("03_basics", [{"method": "rtn", "bits": 8, "accuracy": 0.95}])
+    rows = json.loads((tmp_path / "04_gptq.json").read_text())
+    assert rows[0]["accuracy"] == pytest.approx(0.9) and rows[0]["chapter"] == "04_gptq"
+    df = results.table()
+    assert set(df["method"]) == {"gptq", "rtn"} and "commit" in df.columns
+    with pytest.raises(ValueError, match="method"):
+        results.record("x", [{"bits": 4}])
+
+
+def test_smoke_results_never_touch_the_book(tmp_path, monkeypatch):
+    monkeypatch.delenv("QLIB_RESULTS", raising=False)
+    cfg = Config.from_env(smoke=True, cache_dir=str(tmp_path))
+    path = results.record("99_test", [{"method": "x"}], cfg)
+    assert str(path).startswith(str(tmp_path))

@@ -1,0 +1,84 @@
+"""qlib.models: the pretrained path (offline, from a local cache), training, the cached baseline."""
+import torch
+import torchvision
+import pytest
+
+from qlib import Config, models
+from qlib import data as qdata
+
+
+def test_pretrained_from_local_torch_home(tmp_path, monkeypatch):
+    ref = torchvision.models.resnet18(weights=None)
+    with torch.no_grad():
+        ref.conv1.weight.normal_()
+    ckpt = tmp_path / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    name = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
+    torch.save(ref.state_dict(), ckpt / name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    m = models.resnet18(29, pretrained=True)
+    assert m.pretrained and m.fc.out_features == 29
+    assert torch.equal(m.conv1.weight, ref.conv1.weight)
+
+
+def test_pretrained_offline_falls_back_with_one_note(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    m = models.resnet18(29, pretrained=True)
+    out = capsys.readouterr().out
+    assert not m.pretrained and out.count("training from scratch") == 1
+
+
+@pytest.mark.parametrize("bad", [0, 1, "29"])
+def test_bad_num_classes(bad):
+    with pytest.raises(ValueError, match="num_classes"):
+        models.resnet18(bad)
+
+
+def test_bad_arch_and_epochs(tmp_path):
+    with pytest.raises(ValueError, match="arch='vgg'"):
+        models.build("vgg", 10)
+    cfg = Config.from_env(smoke=True, cache_dir=str(tmp_path))
+    s = qdata.load(cfg)
+    with pytest.raises(ValueError, match="epochs=0"):
+        models.train(models.resnet18(29), s, cfg, epochs=0)
+
+
+def test_augment_keeps_shape_and_changes_images():
+    x = torch.randn(4, 3, 32, 32)
+    y = models.augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and not torch.allclose(x, y)
+
+
+def test_baseline_cached_deterministic_and_mismatch_retrains(tmp_path, capsys):
+    cfg = Config.from_env(smoke=True, cache_dir=str(tmp_path))
+    s = qdata.load(cfg)
+    m1, h1 = models.baseline(cfg, s, progress=False)
+    assert len(h1["epoch"]) == 1 and 0.0 <= h1["val_acc"][0] <= 1.0
+    path = models.baseline_path(cfg)
+    m2, _ = models.baseline(cfg, s, progress=False)  # loaded from the cache
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    # a retrain from scratch with the same seed gives the same weights (deterministic on CPU)
+    path.unlink()
+    m3, _ = models.baseline(cfg, s, progress=False)
+    assert torch.allclose(m1.fc.weight, m3.fc.weight, atol=1e-5)
+    # a checkpoint of another configuration under this name is reported and retrained
+    ck = torch.load(path, weights_only=False)
+    ck["key"]["seed"] = 99
+    torch.save(ck, path)
+    models.baseline(cfg, s, progress=False)
+    assert "another configuration" in capsys.readouterr().out
+    path.write_bytes(b"garbage")
+    models.baseline(cfg, s, progress=False)
+    assert "unreadable" in capsys.readouterr().out
+
+
+def test_evaluate_confusion_sums(tmp_path):
+    cfg = Config.from_env(smoke=True, cache_dir=str(tmp_path))
+    s = qdata.load(cfg)
+    r = models.evaluate(models.resnet18(29).eval(), s.test)
+    assert r["confusion"].sum().item() == len(s.test)
+    assert r["logits"].shape == (len(s.test), 29)
+    assert abs(r["accuracy"] - r["confusion"].diag().sum().item() / len(s.test)) < 1e-9
