@@ -110,3 +110,16 @@ def latency(model, image_size: int = 64, batch_size: int = 64, threads: int = 2,
     return {"ms_per_batch": med * 1e3, "ms_min": min(times) * 1e3, "ms_max": max(times) * 1e3,
             "spread": max(times) / min(times), "images_per_s": batch_size / med,
             "batch_size": batch_size, "threads": threads, "runs": runs}
+
+
+def saved_size_mb(model, save=None) -> float:
+    """Save ``model`` to a temporary file (``qlib.export.save`` by default, which packs
+    quantized weights) and return the real file's size in MB."""
+    import tempfile
+
+    if save is None:
+        from .export import save
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "model.bin")
+        save(model, path)
+        return file_size_mb(path)

@@ -169,3 +169,133 @@ def per_class_accuracy(per_class, classes, title="Per-class accuracy (test split
     ax.tick_params(axis="y", labelsize=7)
     ax.set_title(title)
     return fig
+
+
+# --------------------------------------------------------------------------------------
+# Chapter 03: quantization basics
+# --------------------------------------------------------------------------------------
+
+def quantizer_staircase(bits: int = 3, amax: float = 1.0):
+    """The uniform quantizer as a function (symmetric and asymmetric) and its error."""
+    from .quant import dequantize_codes, qrange
+    import torch
+
+    x = torch.linspace(-1.3 * amax, 1.3 * amax, 2001)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for sym, color, lo in ((True, PALETTE["rtn"], -amax), (False, PALETTE["gptq"], -0.4 * amax)):
+        qmin, qmax = qrange(bits, sym)
+        scale = 2 * amax / (2 ** bits - 1) if sym else (amax - lo) / (2 ** bits - 1)
+        zero = 0.0 if sym else round(-lo / scale)
+        q = torch.clamp(torch.round(x / scale) + zero, qmin, qmax)
+        y = dequantize_codes(q.reshape(-1, 1), torch.tensor([[scale]]), torch.tensor([[zero]])).flatten()
+        name = f"symmetric [-{amax:g}, {amax:g}]" if sym else f"asymmetric [{lo:g}, {amax:g}]"
+        a.plot(x, y, color=color, label=name)
+        b.plot(x, (y - x) / scale, color=color, label=name)
+    a.plot(x, x, color="k", lw=0.6, ls=":")
+    a.set_xlabel("w")
+    a.set_ylabel("Q(w)")
+    a.set_title(f"{bits}-bit uniform quantizer")
+    a.legend(fontsize=8)
+    b.axhline(0.5, color="k", lw=0.6, ls="--")
+    b.axhline(-0.5, color="k", lw=0.6, ls="--")
+    b.set_xlabel("w")
+    b.set_ylabel("error / step")
+    b.set_title("rounding error: at most half a step inside the range")
+    fig.tight_layout()
+    return fig
+
+
+def granularity_errors(df):
+    """Relative weight error per layer for each granularity (DataFrame: layer, granularity, error)."""
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    sns.barplot(data=df, x="layer", y="error", hue="granularity", ax=ax)
+    ax.set_yscale("log")
+    ax.set_ylabel(r"$\|W - Q(W)\|_F / \|W\|_F$")
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", rotation=90, labelsize=7)
+    ax.set_title("Weight quantization error per layer and granularity")
+    return fig
+
+
+def bits_sweep(df, y="agreement", hue="method", title=None, ax=None, ylim=None):
+    """A metric vs weight bits per method/variant (DataFrame with columns bits, y, hue)."""
+    import seaborn as sns
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+    else:
+        fig = ax.figure
+    d = df.copy()
+    d[y] = d[y] * 100 if y in ("agreement", "accuracy", "test_agreement") else d[y]
+    sns.lineplot(data=d, x="bits", y=y, hue=hue, marker="o", ax=ax)
+    ax.set_xticks(sorted(d["bits"].unique()))
+    ax.set_xlabel("weight bits")
+    ax.set_ylabel({"agreement": "top-1 agreement with FP32 (%)", "accuracy": "test accuracy (%)",
+                   "kl": "KL(FP32 || quantized)"}.get(y, y))
+    if y == "kl":
+        ax.set_yscale("log")
+    if ylim:
+        ax.set_ylim(*ylim)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def weight_distributions(model, max_layers: int = 21):
+    """Per layer: the weight distribution (box plot of w / std) and its max/std ratio."""
+    import torch
+
+    names, data, ratios = [], [], []
+    for name, m in model.named_modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            w = m.weight.detach().flatten()
+            names.append(name)
+            data.append((w / w.std()).numpy())
+            ratios.append((w.abs().max() / w.std()).item())
+    names, data, ratios = names[:max_layers], data[:max_layers], ratios[:max_layers]
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    ax.boxplot(data, whis=(0.1, 99.9), showfliers=True, flierprops={"markersize": 1, "alpha": 0.3})
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=90, fontsize=7)
+    ax.set_ylabel("w / std(w)")
+    ax.set_title("Weight distributions per layer (whiskers: 0.1%–99.9%, dots: beyond)")
+    ax2 = ax.twinx()
+    ax2.plot(range(1, len(names) + 1), ratios, "o-", color=PALETTE["gptq"], ms=3)
+    ax2.set_ylabel("max|w| / std(w)", color=PALETTE["gptq"])
+    ax2.grid(False)
+    return fig
+
+
+def outlier_heatmap(stats: dict, key: str = "absmax", max_channels: int = 512):
+    """Per-channel input magnitude of every conv/linear, each layer normalised by its median
+    channel, channels sorted: a bright stripe would be an outlier channel."""
+    names = list(stats)
+    mat = np.full((len(names), max_channels), np.nan)
+    for i, n in enumerate(names):
+        v = np.asarray(stats[n][key], dtype=float)
+        v = np.sort(v / max(np.median(v), 1e-12))[::-1][:max_channels]
+        mat[i, :len(v)] = v
+    fig, ax = plt.subplots(figsize=(11, 5))
+    im = ax.imshow(np.log10(np.maximum(mat, 1e-3)), aspect="auto", cmap="magma", vmin=-1, vmax=2)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("input channels, sorted by magnitude (largest left)")
+    cb = fig.colorbar(im, ax=ax)
+    cb.set_label(r"$\log_{10}$(channel max|X| / median channel)")
+    ax.set_title("Where are the outliers? Input channel magnitude per layer (100x = 2 on this scale)")
+    return fig
+
+
+def outlier_ratio(stats: dict, key: str = "absmax", llm_ratio: float = 100.0):
+    """Largest / median input channel per layer, beside the LLM case (a few channels ~100x)."""
+    names = list(stats)
+    r = [float(np.max(v) / max(np.median(v), 1e-12)) for v in (np.asarray(stats[n][key], dtype=float) for n in names)]
+    fig, ax = plt.subplots(figsize=(11, 3.4))
+    ax.bar(range(len(names)), r, color=PALETTE["smoothquant"])
+    ax.axhline(llm_ratio, color=PALETTE["gptq"], ls="--", label=f"LLM activations (SmoothQuant paper): ~{llm_ratio:g}x")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_ylabel("max channel / median channel")
+    ax.set_title("Activation outlier ratio per layer: ResNet-18 on traffic signs vs an LLM")
+    ax.legend()
+    return fig, r

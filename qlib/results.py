@@ -80,3 +80,27 @@ def table(cfg=None):
         rows.extend(json.loads(p.read_text()))
     df = pd.DataFrame(rows)
     return df
+
+
+def variant_path(cfg, name: str, ext: str = ".safetensors") -> Path:
+    """Where a chapter saves the model file of a variant that the benchmark (``python -m
+    qlib.bench``) and the results chapter measure: ``<cache_dir>/variants/<name><ext>``.
+    Packed low-bit models use ``.safetensors`` (qlib.export), int8-engine models ``.int8.pt``."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"variant name={name!r}: expected a plain file name")
+    d = Path(cfg.cache_dir) / "variants"
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{name}{ext}"
+
+
+# The seed paper's Table 1, as published ("Optimizing Image Classifiers with Advanced LLM
+# Quantization Techniques", Brown, Krishnan, Ghosh, Yang). Its own figures, labelled as such
+# wherever they are shown; nothing of ours is computed from them. Accuracy on its (leaky)
+# test split at 224x224; size of its PyTorch model file; CPU time with an unstated protocol.
+SEED_TABLE1 = [
+    {"model": "Baseline (full precision)", "accuracy": 99.85, "size_mb": 44.1, "cpu_time_s": 2.143},
+    {"model": "QAT", "accuracy": 99.63, "size_mb": 11.4, "cpu_time_s": 2.056},
+    {"model": "GPTQ", "accuracy": 63.2, "size_mb": 11.4, "cpu_time_s": 2.014},
+    {"model": "AWQ", "accuracy": 75.5, "size_mb": 11.4, "cpu_time_s": 1.964},
+    {"model": "SmoothQuant", "accuracy": 99.87, "size_mb": 42.67, "cpu_time_s": 0.512},
+]

@@ -1,0 +1,134 @@
+"""``python -m qlib.bench``: every saved variant timed in one process, under one protocol.
+
+The chapters save the model files of their variants under ``<cache_dir>/variants/``
+(``qlib.results.variant_path``): ``NAME.safetensors`` is a packed low-bit (or FP32) file
+written by ``qlib.export`` and runs as a float model; ``NAME.int8.pt`` runs on PyTorch's int8
+engine. A variant with both (W4A8: 4-bit storage, int8 execution) is stored as the first and
+executed as the second; both sizes are reported.
+
+Rounds are interleaved (A B C ... A B C ...), so drift of the machine (thermal, other load)
+hits every variant alike; throughput is reported as a ratio to FP32 measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .config import Config
+
+
+def discover(folder: Path) -> dict:
+    """{variant name: {"packed": path or None, "int8": path or None}}"""
+    found = {}
+    for p in sorted(folder.glob("*.safetensors")):
+        found.setdefault(p.name[: -len(".safetensors")], {})["packed"] = p
+    for p in sorted(folder.glob("*.int8.pt")):
+        found.setdefault(p.name[: -len(".int8.pt")], {})["int8"] = p
+    return found
+
+
+def load_runnable(files: dict):
+    """The model that executes a variant: the int8 engine model if there is one."""
+    if files.get("int8"):
+        from . import int8
+
+        return int8.load(files["int8"]), "int8 engine"
+    from . import export
+
+    return export.load(files["packed"]).eval(), "float32"
+
+
+@torch.inference_mode()
+def run(folder, batch_size: int = 64, threads: int = 2, image_size: int = 64, rounds: int = 15,
+        warmup: int = 3, progress: bool = True) -> dict:
+    """Time every variant found in ``folder``; returns the table as data."""
+    from tqdm.auto import tqdm
+
+    for name, v in (("batch_size", batch_size), ("threads", threads), ("rounds", rounds), ("image_size", image_size)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}={v!r}: expected an integer >= 1")
+    folder = Path(folder)
+    variants = discover(folder)
+    if not variants:
+        raise ValueError(f"no saved variant in {folder}: run the chapters first (make book)")
+    torch.set_num_threads(threads)
+    models = {}
+    for name, files in variants.items():
+        models[name] = load_runnable(files)
+    x = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    for name, (m, _) in models.items():
+        for _ in range(warmup):
+            m(x)
+    times = {name: [] for name in models}
+    bar = tqdm(total=rounds * len(models), desc="bench", unit="batch", disable=not progress)
+    for _ in range(rounds):
+        for name, (m, _) in models.items():  # interleaved: A B C ... A B C ...
+            t0 = time.perf_counter()
+            m(x)
+            times[name].append(time.perf_counter() - t0)
+            bar.update(1)
+    bar.close()
+    rows = []
+    fp_med = statistics.median(times["fp32"]) if "fp32" in times else None
+    for name, (m, engine) in models.items():
+        t = times[name]
+        med = statistics.median(t)
+        files = variants[name]
+        stored = files.get("packed") or files.get("int8")
+        rows.append({
+            "variant": name, "engine": engine,
+            "size_mb": os.path.getsize(stored) / 1e6,
+            "int8_file_mb": os.path.getsize(files["int8"]) / 1e6 if files.get("int8") else None,
+            "ms_per_batch": med * 1e3, "ms_min": min(t) * 1e3, "ms_max": max(t) * 1e3,
+            "spread": max(t) / min(t), "images_per_s": batch_size / med,
+            "speedup_vs_fp32": (fp_med / med) if fp_med else None,
+        })
+    return {"batch_size": batch_size, "threads": threads, "image_size": image_size, "rounds": rounds,
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
+
+
+def format_table(res: dict) -> str:
+    lines = [f"{'variant':<22}{'engine':<13}{'size MB':>9}{'ms/batch':>10}{'spread':>8}{'img/s':>9}{'x FP32':>8}"]
+    for r in sorted(res["rows"], key=lambda r: -r["size_mb"]):
+        sp = f"{r['speedup_vs_fp32']:.2f}" if r["speedup_vs_fp32"] else "-"
+        lines.append(f"{r['variant']:<22}{r['engine']:<13}{r['size_mb']:>9.2f}{r['ms_per_batch']:>10.1f}"
+                     f"{r['spread']:>8.2f}{r['images_per_s']:>9.0f}{sp:>8}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    cfg = Config.from_env()
+    ap = argparse.ArgumentParser(prog="python -m qlib.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variants", default=str(Path(cfg.cache_dir) / "variants"), help="folder of saved variants")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--image-size", type=int, default=cfg.image_size)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--out", default=None, help="JSON output (default: book/results/bench.json, smoke: cache)")
+    a = ap.parse_args(argv)
+    try:
+        res = run(a.variants, a.batch_size, a.threads, a.image_size, a.rounds)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(res))
+    from .results import results_dir
+
+    out = Path(a.out) if a.out else results_dir(cfg) / "bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
