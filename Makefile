@@ -5,9 +5,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+# The scripts the book's pages load, served from the book itself (see `web` below).
+WEB := _build/web
+WEB_STAMP := $(WEB)/.installed
+MATHJAX_VERSION := 3.2.2
+REQUIREJS_VERSION := 2.3.8
+HTML_MANAGER_VERSION := 1.0.15
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: book notebooks html test unit nbval clean venv
+.PHONY: book notebooks html web browser test unit nbval clean venv
 
 venv: $(STAMP)
 
@@ -35,13 +41,68 @@ notebooks: $(STAMP)
 	done; \
 	echo "== all chapters took $$(( $$(date +%s) - total )) s"
 
-html: $(STAMP)
+html: $(STAMP) $(WEB_STAMP)
 	$(BIN)/jupyter-book build --warningiserror --keep-going .
 	@echo "The book is in _build/html/index.html"
 
+# The scripts a page needs are served by the book itself, so that it renders offline:
+# MathJax 3 (the math), RequireJS and the ipywidgets embed bundle (draws widgets from the state
+# saved in the notebooks; html-manager 1.x reads the state of ipywidgets 8). They come from the
+# npm registry as release tarballs (`npm pack`: their dist files are self-contained bundles, so
+# their source dependencies are not needed) and are unpacked into $(WEB), which _config.yml
+# lists in html_static_path: Sphinx copies it into _build/html/_static/.
+web: $(WEB_STAMP)
+
+$(WEB_STAMP): Makefile
+	@command -v npm >/dev/null || $(call apt_install,npm,nodejs npm)
+	@rm -rf $(WEB) _build/npm && mkdir -p $(WEB)/mathjax $(WEB)/widgets _build/npm
+	cd _build/npm && npm pack --loglevel=error --pack-destination . mathjax@$(MATHJAX_VERSION) \
+	  requirejs@$(REQUIREJS_VERSION) @jupyter-widgets/html-manager@$(HTML_MANAGER_VERSION) >/dev/null
+	tar -xzf _build/npm/mathjax-$(MATHJAX_VERSION).tgz -C $(WEB)/mathjax --strip-components=2 package/es5
+	tar -xzf _build/npm/requirejs-$(REQUIREJS_VERSION).tgz -C $(WEB)/widgets --strip-components=1 package/require.js
+	tar -xzf _build/npm/jupyter-widgets-html-manager-$(HTML_MANAGER_VERSION).tgz -C $(WEB)/widgets \
+	  --strip-components=2 --wildcards package/dist/embed-amd.js 'package/dist/*.woff*' \
+	  'package/dist/*.ttf' 'package/dist/*.eot' 'package/dist/*.svg'
+	@printf '%s\n' "$$EMBED_SETUP_JS" > $(WEB)/widgets/embed-setup.js
+	@rm -rf _build/npm && touch $(WEB_STAMP)
+
+# Loaded on pages with widgets between require.js and embed-amd.js (see _config.yml).
+define EMBED_SETUP_JS
+// Written by `make web`: what the ipywidgets embed bundle needs in this book.
+// 1. It loads its icon fonts from beside the AMD module
+//    @jupyter-widgets/html-manager/dist/libembed-amd: map that module path to this folder.
+require.config({paths: {"@jupyter-widgets/html-manager/dist":
+  document.currentScript.src.replace(/\/[^/]*$$/, "")}});
+// 2. ipywidgets 8 typesets widget descriptions with MathJax 2's MathJax.Hub.Queue; the book
+//    loads MathJax 3 (deferred: it is there at DOMContentLoaded): route those calls to it.
+document.addEventListener("DOMContentLoaded", function () {
+  var MJ = window.MathJax;
+  if (!MJ || !MJ.startup || MJ.Hub) return;
+  MJ.Hub = {Queue: function () {
+    var nodes = [].slice.call(arguments).map(function (job) { return job[2]; }).filter(Boolean);
+    MJ.startup.promise = MJ.startup.promise.then(function () { return MJ.typesetPromise(nodes); });
+  }};
+});
+endef
+export EMBED_SETUP_JS
+
+# apt_install(what, packages): install Debian packages when root (CI runs as root), else say so.
+apt_install = { if [ "$$(id -u)" = 0 ]; then echo "== installing $(2) (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
+	  else echo "!! $(1) is missing and this is not root: install $(2)"; false; fi; }
+
+# Headless Chromium and its driver for the book test (tests/test_book.py checks the built book
+# as a reader's browser shows it). Where they cannot be installed, that test skips its checks.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  $(call apt_install,chromium,chromium chromium-driver) || \
+	  echo "!! chromium could not be installed: the browser checks of tests/test_book.py will skip"
+
 test: unit nbval
 
-unit: $(STAMP)
+# tests/ includes test_book.py: it builds the book from smoke-executed chapters and checks it in
+# headless Chromium (installed here by `browser` when missing).
+unit: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
 
 # Every chapter, top to bottom, in smoke mode (synthetic data, 32x32, one epoch).
