@@ -1,0 +1,519 @@
+"""Quantization-aware training: int8 QAT on PyTorch's engine, and low-bit QAT with LSQ.
+
+**int8 QAT** (``train_int8``), the standard eager-mode recipe: torchvision's quantizable
+ResNet-18 loaded with the FP weights, conv-BN-ReLU fused for QAT, torch's default x86 QAT
+qconfig (fake-quantized per-channel int8 weights, per-tensor uint8 activations with moving-
+average ranges), a few epochs of fine-tuning at a small learning rate; for the last
+``freeze_epochs`` the observers (activation ranges) and the BN statistics are frozen; then
+``int8.convert_qat`` turns it into the int8 engine model. The torch.ao calls live in
+``int8.py``.
+
+**LSQ** (Esser et al., "Learned Step Size Quantization", ICLR 2020; ``lsq_train``): every
+Conv2d/Linear of the BN-folded model quantizes its weight per output channel and its input
+per tensor, with *learned* step sizes ``s``::
+
+    q = round(clamp(v / s, Q_n, Q_p)),   v_hat = q * s
+
+The rounding is a straight-through estimator, so ``dv_hat/dv = 1`` inside
+``[Q_n*s, Q_p*s]`` and 0 outside, and the step's gradient is LSQ's::
+
+    dv_hat/ds = round(v/s) - v/s  inside,   Q_n or Q_p  outside,
+
+scaled by ``g = 1/sqrt(N * Q_p)`` (N: weights per step, or elements of the layer input per
+image) so that steps and weights learn at comparable rates. Steps are kept positive
+(clamped after each update). Weight codes are symmetric ``[-2^(b-1), 2^(b-1)-1]`` (qlib's
+convention) and the weight step is rounded to float16 in the forward pass (gradient passed
+straight through), so that the exported file (float16 scales) reproduces the trained model
+bit for bit. Activations after a ReLU use unsigned codes ``[0, 2^b-1]``, the (signed)
+image input of ``conv1`` signed codes.
+
+Initialisation: weight steps from the scales of an ``init_model`` (a GPTQ or RTN solution
+whose layers carry ``qweight``; its on-grid weights are also the starting weights, so step 0
+*is* that solution), else from ``quant.find_params`` (MSE clipping search); activation steps
+from the calibration images (an MSE search of the clipping range on the recorded inputs).
+The loss mixes cross-entropy and, with ``distill > 0``, the KL divergence to the FP model's
+outputs (knowledge distillation: the study measures agreement with FP).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import calib, export, int8, quant
+from . import data as qdata
+from . import models
+
+STEP_MIN = 2.0 ** -14       # smallest step (float16 normal range): steps stay positive
+ACT_SAMPLE = 2 ** 16        # recorded input elements per layer and calibration batch
+ACT_GRID = 80               # clipping ratios tried by the activation-step search
+
+
+def _check_int(name, v, lo, hi=None, allow_none=False):
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        rng = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
+        rng += " or None" if allow_none else ""
+        raise ValueError(f"{name}={v!r}: expected {rng} (QATSettings.{name})")
+
+
+def _check_float(name, v, lo, hi, lo_open=True):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+            v > hi or v < lo or (lo_open and v == lo):
+        br = "(" if lo_open else "["
+        raise ValueError(f"{name}={v!r}: expected a number in {br}{lo}, {hi}] (QATSettings.{name})")
+
+
+@dataclass(frozen=True)
+class QATSettings:
+    """Fine-tuning settings shared by int8 QAT and LSQ.
+
+    epochs: passes over the train split (``max_steps`` caps the optimizer steps of each pass
+    for time-boxed runs). lr: SGD (momentum) learning rate, cosine-decayed to 0.
+    w_bits / a_bits: weight and activation bits (``a_bits=None``: float activations, LSQ
+    only); int8 QAT needs 8/8. freeze_epochs: last epochs with observers and BN statistics
+    frozen (int8 QAT). distill: weight of the KD loss to the FP outputs in [0, 1].
+    w_range: LSQ weight-step initialisation without an init model (``quant.find_params``
+    range: "mse" search of the clipping ratio, or "minmax"). keep_8bit: LSQ layers whose
+    weight and input stay at 8 bits (e.g. ``("conv1", "fc")``: the stem reads the image).
+    """
+
+    epochs: int = 3
+    lr: float = 1e-3
+    w_bits: int = 8
+    a_bits: Optional[int] = 8
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    freeze_epochs: int = 1
+    max_steps: Optional[int] = None
+    distill: float = 0.0
+    temperature: float = 1.0
+    w_range: str = "mse"
+    keep_8bit: tuple = ()
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_int("epochs", self.epochs, 1)
+        _check_float("lr", self.lr, 0.0, 10.0)
+        _check_int("w_bits", self.w_bits, 2, 8)
+        _check_int("a_bits", self.a_bits, 2, 8, allow_none=True)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_float("momentum", self.momentum, 0.0, 0.999, lo_open=False)
+        _check_float("weight_decay", self.weight_decay, 0.0, 1.0, lo_open=False)
+        _check_float("label_smoothing", self.label_smoothing, 0.0, 0.5, lo_open=False)
+        _check_int("freeze_epochs", self.freeze_epochs, 0, self.epochs)
+        _check_int("max_steps", self.max_steps, 1, allow_none=True)
+        _check_float("distill", self.distill, 0.0, 1.0, lo_open=False)
+        _check_float("temperature", self.temperature, 0.0, 100.0)
+        if isinstance(self.keep_8bit, str) or not isinstance(self.keep_8bit, tuple) or \
+                not all(isinstance(k, str) for k in self.keep_8bit):
+            raise ValueError(f"keep_8bit={self.keep_8bit!r}: expected a tuple of layer names, "
+                             "e.g. ('conv1', 'fc') (QATSettings.keep_8bit)")
+        if self.w_range not in quant.RANGES:
+            raise ValueError(f"w_range={self.w_range!r}: expected one of {quant.RANGES} "
+                             "(QATSettings.w_range)")
+        _check_int("seed", self.seed, 0)
+
+
+# --------------------------------------------------------------------------------------
+# The shared fine-tuning loop
+# --------------------------------------------------------------------------------------
+
+def _device(device):
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _loss(out, y, teacher_out, s: QATSettings):
+    loss = F.cross_entropy(out, y, label_smoothing=s.label_smoothing)
+    if teacher_out is None or s.distill == 0:
+        return loss
+    t = s.temperature
+    kd = F.kl_div(F.log_softmax(out / t, 1), F.log_softmax(teacher_out / t, 1),
+                  log_target=True, reduction="batchmean") * t * t
+    return (1 - s.distill) * loss + s.distill * kd
+
+
+def _fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True, desc="QAT",
+         on_epoch=None, after_step=None, evaluate=None):
+    """SGD with momentum, cosine LR over all steps, ``models.augment``; returns the curves."""
+    from tqdm.auto import tqdm
+
+    device = _device(device)
+    model.to(device)
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
+    n_batches = math.ceil(len(splits.train) / s.batch_size)
+    per_epoch = n_batches if s.max_steps is None else min(n_batches,
+                                                          math.ceil(s.max_steps / s.epochs))
+    total = per_epoch * s.epochs
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() > 1 and not name.endswith("step") else no_decay).append(p)
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": s.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=s.lr, momentum=s.momentum)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / total)))
+    gen = torch.Generator().manual_seed(s.seed)
+    hist = {"epoch": [], "train_loss": [], "train_acc": [], "val_acc": [], "lr": [],
+            "seconds": [], "steps": []}
+    bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, mininterval=2)
+    t_start = time.time()
+    for ep in range(s.epochs):
+        if on_epoch is not None:
+            on_epoch(model, ep)
+        model.train()
+        t0, loss_sum, correct, seen, steps = time.time(), 0.0, 0, 0, 0
+        for x, y in qdata.batches(splits.train, s.batch_size, shuffle=True,
+                                  seed=s.seed * 1000 + ep):
+            if steps >= per_epoch:
+                break
+            x, y = models.augment(x, gen).to(device), y.to(device)
+            t_out = None
+            if teacher is not None and s.distill > 0:
+                with torch.no_grad():
+                    t_out = teacher(x)
+            out = model(x)
+            loss = _loss(out, y, t_out, s)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if after_step is not None:
+                after_step(model)
+            loss_sum += loss.item() * len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            seen += len(y)
+            steps += 1
+            bar.update(1)
+        val = evaluate(model) if evaluate is not None else models.evaluate(model, splits.val)["accuracy"]
+        hist["epoch"].append(ep + 1)
+        hist["train_loss"].append(loss_sum / max(1, seen))
+        hist["train_acc"].append(correct / max(1, seen))
+        hist["val_acc"].append(val)
+        hist["lr"].append(opt.param_groups[0]["lr"])
+        hist["seconds"].append(time.time() - t0)
+        hist["steps"].append(steps)
+        bar.set_postfix(epoch=ep + 1, loss=f"{loss_sum / max(1, seen):.3f}", val=f"{val:.3f}")
+    bar.close()
+    hist["total_seconds"] = time.time() - t_start
+    model.eval()
+    return hist
+
+
+# --------------------------------------------------------------------------------------
+# int8 QAT on PyTorch's engine
+# --------------------------------------------------------------------------------------
+
+def train_int8(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings = QATSettings(),
+               progress: bool = True, device=None):
+    """int8 QAT of the FP ResNet-18 (not changed); returns ``(int8 engine model, history)``."""
+    if settings.w_bits != 8 or settings.a_bits != 8:
+        raise ValueError(f"w_bits={settings.w_bits}, a_bits={settings.a_bits}: int8 QAT on the "
+                         "engine needs w_bits=8 and a_bits=8 (use lsq_train for lower bits)")
+    prepared = int8.prepare_qat(copy.deepcopy(model_fp).cpu())
+    first_frozen = settings.epochs - settings.freeze_epochs
+
+    def on_epoch(m, ep):  # the standard recipe: ranges and BN statistics frozen at the end
+        int8.observers(m, ep < first_frozen)
+        if ep >= first_frozen:
+            int8.freeze_bn_stats(m)
+
+    def evaluate(m):  # val images never move the activation ranges (on_epoch re-enables)
+        int8.observers(m, False)
+        return models.evaluate(m, splits.val)["accuracy"]
+
+    teacher = copy.deepcopy(model_fp).eval() if settings.distill > 0 else None
+    hist = _fit(prepared, splits, settings, teacher=teacher, device=device, progress=progress,
+                desc="int8 QAT", on_epoch=on_epoch, evaluate=evaluate)
+    return int8.convert_qat(prepared), hist
+
+
+# --------------------------------------------------------------------------------------
+# LSQ: learned step size quantization
+# --------------------------------------------------------------------------------------
+
+class _LSQ(torch.autograd.Function):
+    """LSQ fake quantization with its gradients (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, s, qmin, qmax, g):
+        v = x / s
+        ctx.save_for_backward(v, s)
+        ctx.qmin, ctx.qmax, ctx.g = qmin, qmax, g
+        return torch.round(torch.clamp(v, qmin, qmax)) * s
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, s = ctx.saved_tensors
+        inside = ((v >= ctx.qmin) & (v <= ctx.qmax)).to(v.dtype)
+        v_in = v * inside
+        d_s = torch.round(torch.clamp(v, ctx.qmin, ctx.qmax)).sub_(v_in)  # q - v, or qmin/qmax
+        d_s.mul_(grad)
+        g_s = (d_s.sum_to_size(s.shape) if s.dim() else d_s.sum()) * ctx.g
+        return grad * inside, g_s, None, None, None
+
+
+def lsq_quant(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, g: float = 1.0,
+              fp16_step: bool = False) -> torch.Tensor:
+    """LSQ fake quantization ``round(clamp(x/s, qmin, qmax)) * s``. Gradients: ``x`` straight
+    through where ``qmin <= x/s <= qmax`` (0 outside); ``s``: ``g * (round(x/s) - x/s)``
+    inside, ``g * qmin`` / ``g * qmax`` outside (summed over the elements sharing a step).
+    ``step`` broadcastable to ``x``; ``fp16_step`` rounds it to float16 in the forward pass
+    (gradient straight through), as the exported file stores it."""
+    if fp16_step:
+        step = step + (step.detach().half().float() - step.detach())
+    return _LSQ.apply(x, step, qmin, qmax, float(g))
+
+
+def _act_range(bits: int, signed: bool):
+    return quant.qrange(bits, True) if signed else (0, 2 ** bits - 1)
+
+
+class _LSQMixin:
+    """Learned weight step (per output channel) and input step (per tensor)."""
+
+    def _lsq_init(self, w_bits, a_bits, w_step, a_step=None, a_signed=False):
+        self.w_bits, self.a_bits, self.a_signed = w_bits, a_bits, bool(a_signed)
+        self.w_step = nn.Parameter(w_step.detach().float().clamp(min=STEP_MIN).reshape(
+            (-1,) + (1,) * (self.weight.dim() - 1)).clone())
+        self.a_step = (nn.Parameter(torch.tensor(max(float(a_step), STEP_MIN)))
+                       if a_bits is not None else None)
+
+    def quant_weight(self):
+        qmin, qmax = quant.qrange(self.w_bits, True)
+        n = self.weight[0].numel()
+        return lsq_quant(self.weight, self.w_step, qmin, qmax, 1 / math.sqrt(n * qmax),
+                         fp16_step=True)
+
+    def quant_input(self, x):
+        if self.a_bits is None:
+            return x
+        qmin, qmax = _act_range(self.a_bits, self.a_signed)
+        return lsq_quant(x, self.a_step, qmin, qmax, 1 / math.sqrt(x[0].numel() * qmax))
+
+    def clamp_steps_(self):
+        with torch.no_grad():
+            self.w_step.clamp_(min=STEP_MIN)
+            if self.a_step is not None:
+                self.a_step.clamp_(min=STEP_MIN)
+
+    def qtensor(self) -> quant.QTensor:
+        """The learned weight as a QTensor (codes, float16-representable scales)."""
+        w2d = quant.weight_view(self.weight.detach().float().cpu())
+        scale = self.w_step.detach().float().cpu().clamp(min=STEP_MIN).half().float()
+        scale = scale.reshape(-1, 1)
+        codes = quant.quantize_with(w2d, scale, torch.zeros_like(scale), self.w_bits, True)
+        return quant.QTensor(codes=codes, scale=scale, zero=torch.zeros_like(scale),
+                             bits=self.w_bits, symmetric=True, group_size=None,
+                             shape=tuple(self.weight.shape))
+
+
+class LSQConv2d(_LSQMixin, nn.Conv2d):
+    def forward(self, x):
+        return self._conv_forward(self.quant_input(x), self.quant_weight(), self.bias)
+
+
+class LSQLinear(_LSQMixin, nn.Linear):
+    def forward(self, x):
+        return F.linear(self.quant_input(x), self.quant_weight(), self.bias)
+
+
+def _lsq_like(m: nn.Module) -> nn.Module:
+    """An LSQ module with ``m``'s hyper-parameters and weights (steps set by _lsq_init)."""
+    if isinstance(m, nn.Conv2d):
+        new = LSQConv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                        m.dilation, m.groups, m.bias is not None, m.padding_mode)
+    else:
+        new = LSQLinear(m.in_features, m.out_features, m.bias is not None)
+    new.load_state_dict(m.state_dict())
+    return new.to(m.weight.device)
+
+
+def _layers(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def _set(model, name, new):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+@torch.no_grad()
+def _record_inputs(model, calib_x, names, seed=0):
+    """A seeded sample of each named layer's input elements (and whether any is negative)."""
+    mods = dict(model.named_modules())
+    rec = {n: [] for n in names}
+    neg = {n: False for n in names}
+    gen = torch.Generator().manual_seed(seed)
+
+    def hook(name):
+        def f(_, args):
+            x = args[0].detach().float().reshape(-1).cpu()
+            neg[name] |= bool((x < 0).any())
+            if x.numel() > ACT_SAMPLE:
+                x = x[torch.randint(0, x.numel(), (ACT_SAMPLE,), generator=gen)]
+            rec[name].append(x)
+        return f
+
+    handles = [mods[n].register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        model.eval()
+        for i in range(0, len(calib_x), 64):
+            model(calib_x[i:i + 64].float())
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: torch.cat(v) for n, v in rec.items()}, neg
+
+
+def act_step_search(x: torch.Tensor, bits: int, signed: bool) -> float:
+    """The per-tensor step minimising the squared error of quantizing the sample ``x`` (a grid
+    of clipping ratios of max|x|)."""
+    qmin, qmax = _act_range(bits, signed)
+    amax = float(x.abs().max()) if x.numel() else 0.0
+    if amax == 0:
+        return 1.0
+    best, best_s = None, None
+    for r in torch.linspace(1.0, 0.05, ACT_GRID).tolist():
+        s = max(amax * r / qmax, STEP_MIN)
+        err = float(((torch.clamp(torch.round(x / s), qmin, qmax) * s - x) ** 2).sum())
+        if best is None or err < best:
+            best, best_s = err, s
+    return best_s
+
+
+def _init_scales(init_model, settings):
+    """{layer: per-channel scale [C_out, 1]} of an init model's qweights (checked)."""
+    out = {}
+    for name, m in _layers(init_model):
+        qt = getattr(m, "qweight", None)
+        if qt is None:
+            continue
+        w_bits = 8 if name in settings.keep_8bit else settings.w_bits
+        if qt.bits != w_bits or not qt.symmetric or qt.group_size is not None:
+            raise ValueError(
+                f"init_model: layer {name!r} is {qt.bits}-bit "
+                f"{'symmetric' if qt.symmetric else 'asymmetric'}"
+                f"{' per-group' if qt.group_size else ''}; LSQ with w_bits={w_bits} starts from "
+                f"symmetric per-channel (or per-tensor) {w_bits}-bit QTensors")
+        out[name] = qt.scale.detach().float().reshape(-1, 1).expand(qt.shape[0], 1).clone()
+    return out
+
+
+def lsq_model(model_fp: nn.Module, settings: QATSettings, init_model: Optional[nn.Module] = None,
+              calib_x: Optional[torch.Tensor] = None) -> nn.Module:
+    """The LSQ fake-quant model before training (BN folded, every conv/linear an LSQ layer,
+    steps initialised as described in the module docstring). ``calib_x`` (train images) is
+    needed when ``settings.a_bits`` is not None."""
+    int8.check_resnet18(model_fp)
+    if settings.a_bits is not None and calib_x is None:
+        raise ValueError("lsq_model: calib_x (calibration images from the train split) is "
+                         f"needed to initialise the a_bits={settings.a_bits} activation steps")
+    base = model_fp if init_model is None else init_model
+    int8.check_resnet18(base)
+    base = copy.deepcopy(base).cpu().float().eval()
+    scales = _init_scales(base, settings) if init_model is not None else {}
+    try:
+        folded = quant.fold_batchnorm(base)
+    except ValueError as e:
+        raise ValueError(f"lsq_model: {e}. Pass an init_model quantized after "
+                         "quant.fold_batchnorm") from None
+    names = [n for n, _ in _layers(folded)]
+    unknown = [k for k in settings.keep_8bit if k not in names]
+    if unknown:
+        raise ValueError(f"keep_8bit={settings.keep_8bit!r}: {unknown} are not Conv2d/Linear "
+                         f"layers of the model ({names[0]}, ..., {names[-1]})")
+    acts, neg = ({}, {}) if settings.a_bits is None else _record_inputs(folded, calib_x, names)
+    for name, m in _layers(folded):
+        if hasattr(m, "qweight"):
+            del m.qweight
+        keep = name in settings.keep_8bit
+        w_bits = 8 if keep else settings.w_bits
+        a_bits = None if settings.a_bits is None else (8 if keep else settings.a_bits)
+        new = _lsq_like(m)
+        w_step = scales.get(name)
+        if w_step is None:
+            w_settings = quant.QuantSettings(bits=w_bits, granularity="channel",
+                                             range=settings.w_range)
+            w_step = quant.find_params(quant.weight_view(m.weight), w_settings)[0]
+        a_step = None if a_bits is None else act_step_search(acts[name], a_bits, neg[name])
+        new._lsq_init(w_bits, a_bits, w_step, a_step, neg.get(name, False))
+        _set(folded, name, new)
+    return folded
+
+
+def clamp_steps_(model: nn.Module) -> None:
+    """Keep every learned step >= STEP_MIN (called after each optimizer step)."""
+    for m in model.modules():
+        if isinstance(m, _LSQMixin):
+            m.clamp_steps_()
+
+
+def lsq_train(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings,
+              init_model: Optional[nn.Module] = None, calib_x: Optional[torch.Tensor] = None,
+              progress: bool = True, device=None):
+    """LSQ QAT of the FP ResNet-18 (not changed): returns ``(LSQ model, history)``.
+
+    ``init_model``: a GPTQ/RTN solution (BN-folded layers carrying ``qweight``) to start
+    from; ``calib_x``: calibration images (default ``calib.sample(splits, 256)``, train
+    split). The returned model runs the fake-quant forward; ``export_model`` gives the plain
+    model with QTensors for ``export.save``, ``to_int8`` its int8-engine version.
+    """
+    if not isinstance(settings, QATSettings):
+        raise ValueError(f"settings={settings!r}: expected a QATSettings")
+    if calib_x is None and settings.a_bits is not None:
+        calib_x, _ = calib.sample(splits, 256, seed=settings.seed)
+    torch.manual_seed(settings.seed)
+    model = lsq_model(model_fp, settings, init_model, calib_x)
+    teacher = quant.fold_batchnorm(model_fp).eval() if settings.distill > 0 else None
+    hist = _fit(model, splits, settings, teacher=teacher, device=device, progress=progress,
+                desc=f"LSQ W{settings.w_bits}A{settings.a_bits or 32}",
+                after_step=clamp_steps_)
+    return model.cpu().eval(), hist
+
+
+def export_model(model: nn.Module) -> nn.Module:
+    """The plain (BN-folded) ResNet-18 of an LSQ model: float convs/linears whose weights are
+    the learned codes x float16 steps, each carrying its ``qweight`` (``export.attach``) —
+    ready for ``export.save`` (bit-exact) and ``int8.convert``. Activation steps are dropped
+    (see ``act_steps``)."""
+    out = copy.deepcopy(model).cpu()
+    for name, m in list(out.named_modules()):
+        if not isinstance(m, _LSQMixin):
+            continue
+        qt = m.qtensor()
+        if isinstance(m, nn.Conv2d):
+            plain = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                              m.dilation, m.groups, m.bias is not None, m.padding_mode)
+        else:
+            plain = nn.Linear(m.in_features, m.out_features, m.bias is not None)
+        with torch.no_grad():
+            if m.bias is not None:
+                plain.bias.copy_(m.bias.detach())
+        export.attach(plain, qt)
+        _set(out, name, plain)
+    return out.eval()
+
+
+def act_steps(model: nn.Module) -> dict:
+    """{layer: (learned input step, bits, signed)} of an LSQ model (plain data)."""
+    return {n: (float(m.a_step.detach()), m.a_bits, m.a_signed) for n, m in model.named_modules()
+            if isinstance(m, _LSQMixin) and m.a_step is not None}
+
+
+def to_int8(model: nn.Module, calib_x: torch.Tensor, observer: str = "histogram") -> nn.Module:
+    """The int8-engine model of an LSQ model: its weight codes run exactly; activations are
+    8-bit, calibrated by the engine's observers on ``calib_x`` (meaningful for a_bits=8)."""
+    return int8.convert(export_model(model), calib_x, observer=observer)

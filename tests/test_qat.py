@@ -1,0 +1,190 @@
+"""Unit tests of qlib.qat: the LSQ quantizer and its gradients, LSQ models, int8 QAT."""
+import math
+import warnings
+
+import pytest
+import torch
+
+from qlib import export, int8, qat, quant
+from qlib import data as qdata
+from qlib.models import resnet18
+from qlib.qat import QATSettings
+from qlib.quant import QuantSettings
+
+NUM_CLASSES = 5
+
+
+def _split(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return qdata.Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                       torch.randint(0, NUM_CLASSES, (n,), generator=g),
+                       [f"t{i // 4}" for i in range(n)], [str(i) for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return qdata.Splits(_split(32, 0), _split(16, 1), _split(16, 2),
+                        [str(i) for i in range(NUM_CLASSES)], "random test images", "tracks")
+
+
+@pytest.fixture(scope="module")
+def fp():
+    torch.manual_seed(0)
+    m = resnet18(NUM_CLASSES)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def x(splits):
+    return qdata.to_float(splits.test.images[:8])
+
+
+FAST = dict(batch_size=16, max_steps=2, w_range="minmax")
+
+
+# ---- the LSQ quantizer ----------------------------------------------------------------
+
+def test_ste_passes_gradient_inside_the_clipping_range_only():
+    step, qmin, qmax = 0.5, -2, 1  # 2-bit signed: levels -1.0 .. 0.5
+    x = torch.tensor([-1.6, -1.25, -0.9, -0.2, 0.0, 0.3, 0.5, 0.74, 0.8, 3.0],
+                     requires_grad=True)
+    s = torch.tensor(step, requires_grad=True)
+    y = qat.lsq_quant(x, s, qmin, qmax)
+    assert torch.equal(y.detach(), torch.clamp(torch.round(x.detach() / step), qmin, qmax) * step)
+    y.sum().backward()
+    v = x.detach() / step
+    inside = (v >= qmin) & (v <= qmax)
+    assert torch.equal(x.grad, inside.float())
+    assert inside.any() and (~inside).any() and inside[6]  # x = qmax * step is inside
+
+
+def test_step_gradient_is_lsq_and_scaled():
+    g = 0.25
+    x = torch.tensor([-3.0, -0.7, -0.2, 0.1, 0.33, 0.9, 5.0])
+    s = torch.tensor(0.4, requires_grad=True)
+    qat.lsq_quant(x, s, -4, 3, g).sum().backward()
+    v = x / 0.4
+    expect = torch.where(v < -4, torch.tensor(-4.0),
+                         torch.where(v > 3, torch.tensor(3.0), torch.round(v) - v))
+    assert math.isclose(s.grad.item(), g * expect.sum().item(), rel_tol=1e-5, abs_tol=1e-6)
+
+
+def test_steps_receive_gradients_and_stay_positive(fp, x):
+    m = qat.lsq_model(fp, QATSettings(w_bits=4, a_bits=4, w_range="minmax", keep_8bit=("fc",)),
+                      calib_x=x)
+    lsq = [mod for mod in m.modules() if isinstance(mod, (qat.LSQConv2d, qat.LSQLinear))]
+    assert len(lsq) == 21
+    assert (m.fc.w_bits, m.fc.a_bits, m.conv1.w_bits, m.conv1.a_bits) == (8, 8, 4, 4)
+    assert lsq[0].a_signed and not any(mod.a_signed for mod in lsq[1:])  # image vs ReLU inputs
+    m.train()
+    m(x).logsumexp(1).sum().backward()
+    for mod in lsq:
+        assert mod.w_step.grad is not None and mod.w_step.grad.abs().sum() > 0
+        assert mod.a_step.grad is not None and mod.a_step.grad.abs() > 0
+    opt = torch.optim.SGD([p for n, p in m.named_parameters() if n.endswith("step")], lr=1.0)
+    for mod in lsq:  # an update that would drive every step negative
+        mod.w_step.grad = mod.w_step.detach().abs() * 10 + 1
+        mod.a_step.grad = mod.a_step.detach().abs() * 10 + 1
+    opt.step()
+    qat.clamp_steps_(m)
+    for mod in lsq:
+        assert (mod.w_step > 0).all() and mod.a_step > 0
+
+
+# ---- LSQ models -----------------------------------------------------------------------
+
+def test_lsq_starts_from_the_init_solution_and_exports_bit_exact(fp, splits, x, tmp_path):
+    init = quant.fold_batchnorm(fp)  # an RTN W4 solution as the init model
+    for _, mod in init.named_modules():
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+            export.attach(mod, quant.quantize(mod.weight, QuantSettings(bits=4)))
+    s = QATSettings(epochs=1, w_bits=4, a_bits=None, **FAST)
+    m0 = qat.lsq_model(fp, s, init_model=init)
+    with torch.no_grad():
+        assert torch.equal(m0(x), init(x))  # step 0 is the RTN solution
+    m, hist = qat.lsq_train(fp, splits, s, init_model=init, progress=False)
+    assert hist["epoch"] == [1] and hist["steps"] == [2]
+    plain = qat.export_model(m)
+    with torch.no_grad():
+        assert torch.equal(plain(x), m(x))  # the learned codes x float16 steps, exactly
+    path = export.save(plain, tmp_path / "lsq.safetensors")
+    with torch.no_grad():
+        assert torch.equal(export.load(path)(x), m(x))
+    bad = quant.fold_batchnorm(fp)
+    export.attach(bad.fc, quant.quantize(bad.fc.weight, QuantSettings(bits=3)))
+    with pytest.raises(ValueError, match="3-bit"):
+        qat.lsq_model(fp, s, init_model=bad)
+
+
+def test_lsq_w4a8_runs_on_the_int8_engine(fp, splits, x):
+    s = QATSettings(epochs=1, w_bits=4, a_bits=8, distill=0.5, **FAST)
+    m, _ = qat.lsq_train(fp, splits, s, calib_x=x, progress=False)
+    steps = qat.act_steps(m)
+    assert len(steps) == 21 and all(v[0] > 0 for v in steps.values())
+    q = qat.to_int8(m, x, observer="minmax")
+    plain = qat.export_model(m)
+    codes = int8.weight_codes_of(q)
+    for name, mod in plain.named_modules():
+        if hasattr(mod, "qweight"):
+            assert torch.equal(codes[name], mod.qweight.codes), name
+    with torch.no_grad():
+        assert q(x).shape == (8, NUM_CLASSES)
+
+
+# ---- int8 QAT -------------------------------------------------------------------------
+
+def test_int8_qat_converts_and_runs(fp, splits, x, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.ao's warnings are silenced inside qlib
+        q, hist = qat.train_int8(fp, splits, QATSettings(epochs=2, freeze_epochs=1, **FAST),
+                                 progress=False)
+        with torch.no_grad():
+            out = q(x)
+    assert out.shape == (8, NUM_CLASSES) and torch.isfinite(out).all()
+    assert type(q.layer1[0].conv1).__module__.startswith("torch.ao.nn.intrinsic.quantized")
+    assert set(hist) >= {"train_loss", "train_acc", "val_acc", "seconds"}
+    assert len(hist["val_acc"]) == 2
+    path = int8.save(q, tmp_path / "qat.pt")
+    with torch.no_grad():
+        assert torch.equal(int8.load(path)(x), out)
+
+
+def test_observers_can_be_frozen(fp, x):
+    m = int8.prepare_qat(fp)
+    m.train()
+    m(x)
+    obs = m.layer1[0].conv1.activation_post_process
+    before = (obs.activation_post_process.min_val.clone(), obs.activation_post_process.max_val.clone())
+    int8.observers(m, False)
+    m(x * 10)
+    assert torch.equal(obs.activation_post_process.min_val, before[0])
+    assert torch.equal(obs.activation_post_process.max_val, before[1])
+
+
+# ---- settings -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(w_bits=1), "w_bits=1"), (dict(w_bits=9), "w_bits=9"), (dict(w_bits=4.0), "w_bits=4.0"),
+    (dict(a_bits=0), "a_bits=0"), (dict(a_bits=16), "a_bits=16"), (dict(epochs=0), "epochs=0"),
+    (dict(epochs=2.5), "epochs=2.5"), (dict(epochs=True), "epochs=True"),
+    (dict(epochs=2, freeze_epochs=3), "freeze_epochs=3"), (dict(lr=0), "lr=0"),
+    (dict(lr=-1e-3), "lr=-0.001"), (dict(batch_size=0), "batch_size=0"),
+    (dict(max_steps=0), "max_steps=0"), (dict(distill=1.5), "distill=1.5"),
+    (dict(w_range="l1"), "w_range='l1'"), (dict(keep_8bit="fc"), "keep_8bit='fc'"),
+])
+def test_bad_settings_raise(kw, name):
+    with pytest.raises(ValueError, match=name.replace(".", r"\.").replace("(", r"\(")):
+        QATSettings(**kw)
+
+
+def test_int8_qat_needs_8_bits(fp, splits):
+    with pytest.raises(ValueError, match="w_bits=4"):
+        qat.train_int8(fp, splits, QATSettings(w_bits=4), progress=False)
+    with pytest.raises(ValueError, match="calib_x"):
+        qat.lsq_model(fp, QATSettings(w_bits=4, a_bits=4))
+    with pytest.raises(ValueError, match="'head'"):
+        qat.lsq_model(fp, QATSettings(w_bits=4, a_bits=None, keep_8bit=("head",)))
