@@ -299,3 +299,328 @@ def outlier_ratio(stats: dict, key: str = "absmax", llm_ratio: float = 100.0):
     ax.set_title("Activation outlier ratio per layer: ResNet-18 on traffic signs vs an LLM")
     ax.legend()
     return fig, r
+
+
+# --------------------------------------------------------------------------------------
+# Chapter 08: results
+# --------------------------------------------------------------------------------------
+
+def _method_color(m: str) -> str:
+    m = str(m).lower()
+    for key in ("gptq", "awq", "smoothquant", "qat", "lsq", "int8", "rtn", "fp32"):
+        if key in m:
+            return PALETTE.get(key if key != "lsq" else "qat", "#555555")
+    return "#555555"
+
+
+def pareto_front(x, y):
+    """Indices of the points not dominated by another (smaller x and larger y are better)."""
+    order = np.lexsort((-np.asarray(y), np.asarray(x)))
+    front, best = [], -np.inf
+    for i in order:
+        if y[i] > best:
+            front.append(i)
+            best = y[i]
+    return front
+
+
+def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = True, title: str = "",
+             fp_y=None, front: str = "min"):
+    """Every variant a point (colour: method), with the Pareto front drawn through the best."""
+    d = df.dropna(subset=[x, y]).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for method, g in d.groupby("method"):
+        ax.scatter(g[x], g[y] * 100, color=_method_color(method), label=method, s=28, alpha=0.85,
+                   edgecolor="white", linewidth=0.5)
+    xs = d[x].to_numpy() if front == "min" else -d[x].to_numpy()
+    idx = pareto_front(xs, d[y].to_numpy())
+    fr = d.iloc[idx].sort_values(x)
+    ax.plot(fr[x], fr[y] * 100, color="k", lw=1, ls="--", label="Pareto front")
+    for _, r in fr.iterrows():
+        ax.annotate(str(r.get("label", r["method"])), (r[x], r[y] * 100), fontsize=7,
+                    xytext=(4, -10), textcoords="offset points")
+    if fp_y is not None:
+        ax.axhline(fp_y * 100, color=PALETTE["fp32"], lw=0.8, ls=":", label="FP32")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel({"accuracy": "test accuracy (%)", "agreement": "top-1 agreement with FP32 (%)"}.get(y, y))
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# Chapter 07: quantization-aware training
+# --------------------------------------------------------------------------------------
+
+def qat_curves(curves: dict, starts: dict | None = None, title: str = "QAT training curves"):
+    """``curves``: label -> history of ``qat._fit`` (per epoch: steps, train_loss, val_acc);
+    ``starts``: label -> validation accuracy at step 0 (the PTQ starting point). Validation
+    accuracy and training loss against optimizer steps."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for i, (label, h) in enumerate(curves.items()):
+        color = plt.cm.tab10(i % 10)
+        steps = np.cumsum(h["steps"])
+        xs, ys = list(steps), [v * 100 for v in h["val_acc"]]
+        if starts and label in starts:
+            xs, ys = [0] + xs, [starts[label] * 100] + ys
+        a.plot(xs, ys, marker="o", color=color, label=label)
+        b.plot(steps, h["train_loss"], marker="o", color=color, label=label)
+    a.set_xlabel("optimizer steps")
+    a.set_ylabel("val accuracy (%)")
+    a.set_title("validation accuracy (step 0: the PTQ start)", fontsize=9)
+    b.set_xlabel("optimizer steps")
+    b.set_ylabel("training loss (epoch mean)")
+    b.set_title("training loss", fontsize=9)
+    a.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def qat_vs_ptq(df, title: str = "What training buys: agreement with FP32, PTQ vs QAT"):
+    """Grouped bars: ``df`` with columns config, kind ("PTQ"/"QAT"), agreement; the loss in
+    agreement (1 - agreement) on a log axis is what QAT must win back."""
+    configs = list(dict.fromkeys(df["config"]))
+    kinds = list(dict.fromkeys(df["kind"]))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    w = 0.8 / len(kinds)
+    colors = {"PTQ": PALETTE["gptq"], "QAT": PALETTE["qat"]}
+    for j, k in enumerate(kinds):
+        vals = [float(df[(df.config == c) & (df.kind == k)]["agreement"].iloc[0]) for c in configs]
+        xs = np.arange(len(configs)) + (j - (len(kinds) - 1) / 2) * w
+        bars = ax.bar(xs, [(1 - v) * 100 for v in vals], w, label=k, color=colors.get(k))
+        for x, v in zip(xs, vals):
+            ax.annotate(f"{v:.2%}", (x, max((1 - v) * 100, 1e-3)), ha="center", va="bottom",
+                        fontsize=7)
+    ax.set_xticks(range(len(configs)), configs)
+    ax.set_ylabel("disagreement with FP32 (%)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# Chapter 06: SmoothQuant
+# --------------------------------------------------------------------------------------
+
+def smoothing_heatmaps(stats: dict, scales, layers, max_channels: int = 512):
+    """Per-channel input max|X| of a few layers before and after smoothing (``scales`` from
+    ``smoothquant.search``), each row normalised by its median channel, channels in their
+    original order: outlier channels are bright stripes; smoothing flattens them."""
+    after = {n: stats[n]["absmax"].float().clone() for n in layers}
+    for key, cons in scales.consumers.items():
+        for c in cons:
+            if c in after:
+                after[c] = after[c] / scales.scales[key]
+    fig, axes = plt.subplots(2, 1, figsize=(11, 1.0 + 0.45 * len(layers) * 2), sharex=True)
+    for ax, (title, vals) in zip(axes, (("before", {n: stats[n]["absmax"].float() for n in layers}),
+                                        ("after", after))):
+        mat = np.full((len(layers), max_channels), np.nan)
+        for i, n in enumerate(layers):
+            v = vals[n].numpy().astype(float)[:max_channels]
+            mat[i, :len(v)] = v / max(np.median(v), 1e-12)
+        im = ax.imshow(np.log10(np.maximum(mat, 1e-2)), aspect="auto", cmap="magma", vmin=-1, vmax=1.5,
+                       interpolation="nearest")
+        ax.set_yticks(range(len(layers)), layers, fontsize=7)
+        ax.set_title(f"{title} smoothing (alpha per layer: "
+                     f"{', '.join(sorted({f'{a:g}' for a in scales.alpha.values()}))}, mode {scales.mode!r})",
+                     fontsize=9)
+    axes[-1].set_xlabel("input channel (original order)")
+    cb = fig.colorbar(im, ax=list(axes))
+    cb.set_label(r"$\log_{10}$(channel max|X| / median)")
+    return fig
+
+
+def alpha_sweep(df, baseline, fp_acc: float, modes=("shared",)):
+    """Accuracy and agreement vs alpha, one line per activation bit width (``df`` rows with
+    act_bits, alpha, mode, accuracy, agreement); dashed: no smoothing (``baseline`` rows)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    colors = dict(zip(sorted(df["act_bits"].unique(), reverse=True), ("#1f77b4", "#ff7f0e", "#d62728", "#2ca02c")))
+    for ax, y in zip(axes, ("accuracy", "agreement")):
+        for (a_bits, mode), g in df[df["mode"].isin(modes)].groupby(["act_bits", "mode"]):
+            g = g.sort_values("alpha")
+            ax.plot(g["alpha"], g[y] * 100, "o-" if mode == modes[0] else "s:", color=colors[a_bits],
+                    label=f"W8A{a_bits} smoothed ({mode})", ms=4)
+        for _, r in baseline.iterrows():
+            ax.axhline(r[y] * 100, color=colors[r["act_bits"]], ls="--", lw=0.9,
+                       label=f"W8A{r['act_bits']} no smoothing")
+        if y == "accuracy":
+            ax.axhline(fp_acc * 100, color="k", ls=":", lw=0.8, label="FP32")
+        ax.set_xlabel(r"migration strength $\alpha$")
+        ax.set_ylabel({"accuracy": "test accuracy (%)", "agreement": "top-1 agreement with FP32 (%)"}[y])
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# Chapter 05: AWQ
+# --------------------------------------------------------------------------------------
+
+def awq_scaling(w, s, x_absmean, settings, layer: str = ""):
+    """The AWQ paper's Figure 1 as an equivalence transform, for one layer: (a) mean|X_j| and
+    the scale s_j per input channel; (b) the per-column range max|W_:,j| before and after
+    W diag(s); (c) the error each input channel contributes to the output,
+    mean|X_j| * ||W_hat_:,j - W_:,j||, for RTN and for AWQ (W_hat = Q(W diag(s)) diag(s)^-1)."""
+    import torch
+
+    from . import quant
+    w = w.detach().float()
+    shape = (1, -1) + (1,) * (w.dim() - 2)
+    ws = w * s.view(shape)
+    rtn_hat = quant.quantize(w, settings).dequantize()
+    awq_hat = quant.quantize(ws, settings).dequantize() / s.view(shape)
+    col = lambda t: t.transpose(0, 1).reshape(t.shape[1], -1)  # noqa: E731
+    x = x_absmean.float().numpy()
+    order = np.argsort(-x)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(x[order], color=PALETTE["fp32"], label="mean|X_j|")
+    ax2 = axes[0].twinx()
+    ax2.plot(s.numpy()[order], color=PALETTE["awq"], label="s_j")
+    ax2.set_ylabel("s_j", color=PALETTE["awq"]); ax2.grid(False)
+    axes[0].set(xlabel="input channel (sorted by mean|X|)", ylabel="mean|X_j|", title=f"{layer}: activation and scale")
+    axes[1].scatter(x, col(w).abs().amax(1).numpy(), s=6, color=PALETTE["rtn"], label="W")
+    axes[1].scatter(x, col(ws).abs().amax(1).numpy(), s=6, color=PALETTE["awq"], label="W diag(s)")
+    axes[1].set(xlabel="mean|X_j|", ylabel="max_i |W_ij|", title="column range before / after scaling")
+    axes[1].legend(fontsize=8)
+    e_rtn = (x * col(rtn_hat - w).norm(dim=1).numpy())
+    e_awq = (x * col(awq_hat - w).norm(dim=1).numpy())
+    axes[2].scatter(x, e_rtn, s=6, color=PALETTE["rtn"], label=f"RTN (sum {e_rtn.sum():.3g})")
+    axes[2].scatter(x, e_awq, s=6, color=PALETTE["awq"], label=f"AWQ (sum {e_awq.sum():.3g})")
+    axes[2].set(xlabel="mean|X_j|", ylabel="mean|X_j| * ||dW_:,j||", title=f"error per input channel, W{settings.bits}")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def awq_alpha_curves(results: dict, ncols: int = 4):
+    """Per scaled group: output error vs alpha relative to alpha = 0 (plain RTN), one line per
+    setting in ``results`` ({label: AWQResult}); dots: the chosen alpha."""
+    keys = list(next(iter(results.values())).errors)
+    nrows = int(np.ceil(len(keys) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.4 * nrows), sharex=True, squeeze=False)
+    for ax, k in zip(axes.flat, keys):
+        for i, (label, r) in enumerate(results.items()):
+            e = np.asarray(r.errors[k]) / max(r.errors[k][0], 1e-30)
+            line, = ax.plot(r.alphas, e, label=label, color=plt.cm.viridis(i / max(len(results) - 1, 1)))
+            a = r.alpha[k]
+            if a is not None:
+                ax.plot(a, e[r.alphas.index(a)], "o", color=line.get_color(), ms=5)
+        ax.axhline(1, color="k", lw=0.6, ls=":")
+        ax.set_title(k, fontsize=9)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel(r"$\alpha$")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("error / error(α=0)")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("AWQ's α search per layer: output error relative to RTN (dot: chosen α)", y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def awq_grids(seed_q, seed_fp, result, seed_label: str = "agreement with FP32 (%)"):
+    """Heat maps side by side: the seed's (alpha, s) grid after int8 and as a float model
+    (DataFrames indexed by alpha, columns s), and the correct method's alpha grid
+    (per layer, output error relative to alpha = 0, from an AWQResult)."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), gridspec_kw={"width_ratios": [1, 1, 1.8]})
+    vmin = min(seed_q.values.min(), seed_fp.values.min()) * 100
+    for ax, df, t in ((axes[0], seed_q, "seed's AWQ, int8 per-tensor"), (axes[1], seed_fp, "seed's transform, float (no quantization)")):
+        im = ax.imshow(df.values * 100, cmap="viridis", vmin=vmin, vmax=100, aspect="auto")
+        for (i, j), v in np.ndenumerate(df.values * 100):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w" if v < (vmin + 100) / 2 else "k")
+        ax.set_xticks(range(df.shape[1]), [f"{c:g}" for c in df.columns])
+        ax.set_yticks(range(df.shape[0]), [f"{a:g}" for a in df.index])
+        ax.set(xlabel="s (top-1% weights multiplied)", ylabel=r"$\alpha$", title=t)
+        ax.grid(False)
+    fig.colorbar(im, ax=axes[:2].tolist(), label=seed_label, shrink=0.9)
+    keys = list(result.errors)
+    mat = np.array([np.asarray(result.errors[k]) / max(result.errors[k][0], 1e-30) for k in keys])
+    im2 = axes[2].imshow(np.log2(mat), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    axes[2].set_yticks(range(len(keys)), keys, fontsize=7)
+    axes[2].set_xticks(range(len(result.alphas))[::2], [f"{a:.2f}" for a in result.alphas[::2]], fontsize=7)
+    for i, k in enumerate(keys):
+        if result.alpha[k] is not None:
+            axes[2].plot(result.alphas.index(result.alpha[k]), i, "k*", ms=7)
+    axes[2].set(xlabel=r"$\alpha$", title=f"correct AWQ W{result.settings.quant.bits}: error vs α (★ chosen)")
+    axes[2].grid(False)
+    fig.colorbar(im2, ax=axes[2], label=r"$\log_2$ error / error(α=0)")
+    return fig
+
+
+def awq_layer_errors(df):
+    """Per layer, output error on the calibration inputs: RTN vs AWQ, one panel per setting
+    (DataFrame columns: layer, setting, rtn, awq)."""
+    settings = list(dict.fromkeys(df["setting"]))
+    fig, axes = plt.subplots(1, len(settings), figsize=(3.6 * len(settings), 3.4), sharey=False, squeeze=False)
+    for ax, st in zip(axes[0], settings):
+        d = df[df["setting"] == st]
+        x = np.arange(len(d))
+        ax.plot(x, d["rtn"], "o-", ms=3, color=PALETTE["rtn"], label="RTN")
+        ax.plot(x, d["awq"], "o-", ms=3, color=PALETTE["awq"], label="AWQ")
+        ax.set_yscale("log")
+        ax.set_xticks(x, d["layer"], rotation=90, fontsize=6)
+        ax.set_title(st, fontsize=9)
+    axes[0, 0].set_ylabel("output NMSE (calibration)")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Precomputed: per-layer output error, RTN vs AWQ", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# Chapter 04: GPTQ
+# --------------------------------------------------------------------------------------
+
+def gptq_layer_errors(df, title: str = ""):
+    """Per layer: RTN and GPTQ output error on calibration and held-out inputs (top), and the
+    ratio RTN/GPTQ on each (bottom). DataFrame columns: layer, inputs, method, error."""
+    import seaborn as sns
+
+    layers = list(dict.fromkeys(df["layer"]))
+    sets = list(dict.fromkeys(df["inputs"]))
+    fig, axes = plt.subplots(2, 1, figsize=(11, 6.4), sharex=True)
+    d = df.assign(series=df["method"].str.upper() + ", " + df["inputs"])
+    pal = {f"{m}, {s}": c for m, base in (("RTN", PALETTE["rtn"]), ("GPTQ", PALETTE["gptq"]))
+           for s, c in zip(sets, (base, base + "88"))}
+    sns.barplot(data=d, x="layer", y="error", hue="series", order=layers, palette=pal, ax=axes[0])
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel(r"$\|WX-\hat WX\|^2/\|WX\|^2$")
+    axes[0].legend(fontsize=7, ncol=4)
+    axes[0].set_title(title or "Per-layer output error")
+    p = df.pivot_table(index=["layer", "inputs"], columns="method", values="error").reset_index()
+    p["ratio"] = p["rtn"] / p["gptq"].clip(lower=1e-12)
+    sns.barplot(data=p, x="layer", y="ratio", hue="inputs", order=layers, hue_order=sets,
+                palette=[PALETTE["gptq"], "#999999"], ax=axes[1])
+    axes[1].axhline(1, color="k", lw=0.8)
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("RTN error / GPTQ error")
+    axes[1].set_xlabel("")
+    axes[1].tick_params(axis="x", rotation=90, labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def ablations(df, metric: str = "agreement", title: str = ""):
+    """One panel per ablation (DataFrame columns: ablation, value, metric): the metric vs the
+    setting (categorical x)."""
+    groups = list(dict.fromkeys(df["ablation"]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.2), sharey=True,
+                             squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        d = df[df["ablation"] == g]
+        ax.plot([str(v) for v in d["value"]], d[metric] * 100, "o-", color=PALETTE["gptq"])
+        ax.set_title(g, fontsize=9)
+        ax.set_xlabel(g)
+    axes[0][0].set_ylabel({"agreement": "top-1 agreement with FP32 (%)",
+                           "accuracy": "test accuracy (%)"}.get(metric, metric))
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig

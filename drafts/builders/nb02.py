@@ -1,0 +1,158 @@
+import sys; import os; sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from nbbuild import md, code, params, write
+
+cells = [
+md(r"""
+# 2. The FP32 baseline and the measurement protocol
+
+Every quantized model in this book is compared with one float model: torchvision's standard
+ResNet-18 with a 29-class head, trained once and cached. This chapter trains it, measures it
+the way every later chapter measures its variants, and shows what the seed paper's leaky split
+does to accuracy.
+
+**Transfer learning or from scratch?** The seed paper fine-tuned ImageNet weights at 224x224.
+`qlib.models.resnet18(pretrained=True)` asks torchvision's weights API for them
+(`ResNet18_Weights.IMAGENET1K_V1`); where they cannot be downloaded (this book's build machine
+has no internet) it prints a note and the model is trained from scratch. At 64x64 on ~7,000
+training images a from-scratch ResNet-18 is a fine classifier of traffic signs, and what the
+study asks — what quantization does to a CNN — does not depend on where the weights came from.
+
+**The recipe** (`qlib.models.RECIPE`): SGD with Nesterov momentum 0.9 and weight decay
+$5\cdot10^{-4}$, batch 128, one epoch of linear warm-up then a cosine decay of the learning
+rate from 0.1, label smoothing 0.1, and light augmentation per image (rotation $\pm10°$, scale
+$\pm15\%$, shift $\pm10\%$, brightness and contrast) — never a horizontal flip, since *keep
+left* and *keep right* are mirror images. The standard ImageNet stem (7x7 stride-2 conv and
+max-pool) is kept: at 64x64 it leaves a 2x2 map in the last stage, which is cheap enough for
+2 CPU cores; a CIFAR-style stem costs ~16x the compute.
+"""),
+params("""
+data = None
+image_size = None
+split = None
+seed = None
+smoke = None
+epochs = None             # default 15 (1 in smoke mode)
+compare_export_split = True  # also train on the export's own (leaky) split, as the seed paper did
+"""),
+code("""
+import copy, os, tempfile, time
+import numpy as np
+import pandas as pd
+import torch
+from IPython.display import display, Markdown
+from qlib import Config, data as qdata, models, measure, results, plots, export
+
+plots.style()
+torch.set_num_threads(2)
+cfg = Config.from_env(data=data, image_size=image_size, split=split, seed=seed, smoke=smoke, epochs=epochs)
+splits = qdata.load(cfg)
+plots.header(cfg, splits);
+"""),
+md("""
+## Training
+
+`models.baseline(cfg)` trains the model once and caches the checkpoint under a hash of
+everything that affects it (data, split, image size, seed, epochs, architecture, recipe);
+every later chapter loads the same weights.
+"""),
+code("""
+t0 = time.time()
+fp, hist = models.baseline(cfg, splits)
+print(f"ImageNet weights used: {fp.pretrained}; training took {hist['train_seconds'] / 60:.1f} min "
+      f"({np.mean(hist['seconds']):.0f} s per epoch; this call {time.time() - t0:.1f} s)")
+fig = plots.training_curves(hist)
+"""),
+md("""
+## Accuracy, with an honest interval
+
+The test split holds a few dozen tracks; frames of one track are near-duplicates, so errors come
+in clusters. The 95% interval below resamples whole tracks (a cluster bootstrap), which is wider
+than a binomial interval over images would claim.
+"""),
+code("""
+ev = models.evaluate(fp, splits.test)
+acc, lo, hi = measure.accuracy_ci(ev["logits"].argmax(1), splits.test.labels, splits.test.groups)
+val = models.evaluate(fp, splits.val)["accuracy"]
+display(Markdown(f"**Test accuracy (track split): {acc:.2%}** (95% CI {lo:.2%}–{hi:.2%}, "
+                 f"{len(splits.test)} images from {len(set(splits.test.groups))} tracks); val {val:.2%}."))
+"""),
+code("""
+fig = plots.per_class_accuracy(ev["per_class"], splits.classes)
+fig = plots.confusion(ev["confusion"], splits.classes)
+worst = ev["per_class"].argsort()[:3].tolist()
+print("weakest classes:", [(splits.classes[c], f"{ev['per_class'][c]:.1%}") for c in worst])
+"""),
+md("""
+## What the leaky split measures
+
+The seed paper trained and tested on the export's own folders, whose test images share their
+tracks with training (chapter 1). Here a second model is trained with the same recipe on those
+folders, and its test accuracy is split by whether the test image's track has frames in its
+training set.
+"""),
+code("""
+if compare_export_split and cfg.source == "yolo":
+    cfg_ex = Config.from_env(data=data, image_size=image_size, split="export", seed=seed, smoke=smoke, epochs=epochs)
+    ex = qdata.load(cfg_ex)
+    fp_ex, _ = models.baseline(cfg_ex, ex)
+    pred = models.evaluate(fp_ex, ex.test)["logits"].argmax(1)
+    seen = torch.tensor([g in set(ex.train.groups) for g in ex.test.groups])
+    right = (pred == ex.test.labels).float()
+    leak = pd.DataFrame([
+        {"model trained on": "export split (seed paper)", "evaluated on": "export test split", "images": len(right), "accuracy": right.mean().item()},
+        {"model trained on": "export split (seed paper)", "evaluated on": "… test images whose track was in training", "images": int(seen.sum()), "accuracy": right[seen].mean().item()},
+        {"model trained on": "export split (seed paper)", "evaluated on": "… test images of unseen tracks", "images": int((~seen).sum()), "accuracy": right[~seen].mean().item() if (~seen).any() else float('nan')},
+        {"model trained on": "track split (this book)", "evaluated on": "track test split (unseen tracks)", "images": len(splits.test), "accuracy": acc}])
+    display(leak.style.format({"accuracy": "{:.2%}"}).hide(axis="index"))
+else:
+    leak = None
+    display(Markdown("The export's own split exists only for the YOLO export; run with `QLIB_DATA=<export>` to compare."))
+"""),
+md("""
+## The baseline row, beside the seed paper's
+
+Size is the real file written by `qlib.export.save` (float32 tensors in safetensors), in MB
+($10^6$ bytes). CPU time follows one protocol for every variant in this book: a batch of 64
+images at the configured size, 2 threads, inference mode, 5 warm-up runs, then the median of
+20 timed runs (`measure.latency`). The seed paper did not state its timing protocol (its
+"CPU time" is per some unknown batch, at 224x224), so only ratios between variants carry over.
+"""),
+code("""
+with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, "fp32.safetensors")
+    export.save(fp, path)
+    size = measure.file_size_mb(path)
+    back = export.load(path)
+lat = measure.latency(fp, image_size=cfg.image_size, runs=5 if cfg.smoke else 20)
+x = qdata.to_float(splits.test.images[:8])
+assert torch.equal(back(x), fp(x)), "the saved FP32 file must load back exactly"
+table = pd.DataFrame([
+    {"model": "Baseline FP32 — seed paper (published)", "accuracy (%)": 99.85, "size (MB)": 44.1, "CPU time": "2.143 s (protocol not stated)"},
+    {"model": "Baseline FP32 — this book", "accuracy (%)": round(acc * 100, 2), "size (MB)": round(size, 2),
+     "CPU time": f"{lat['ms_per_batch']:.1f} ms / batch of 64 ({lat['images_per_s']:.0f} img/s, spread {lat['spread']:.2f})"}])
+display(table.style.hide(axis="index"))
+"""),
+md("""
+## What must hold
+"""),
+code("""
+assert 0.0 <= lo <= acc <= hi <= 1.0
+assert size > 40 if not cfg.smoke else size > 0  # ResNet-18's 11.2 M float32 weights: ~44.7 MB
+if not cfg.smoke:
+    assert acc >= 0.90, f"the baseline is too weak to study quantization on: {acc:.2%}"
+if leak is not None:
+    assert leak["accuracy"].iloc[1] >= leak["accuracy"].iloc[3], "seen tracks should be easier than unseen ones"
+print("ok")
+"""),
+code("""
+row = {"method": "fp32", "bits": 32, "act_bits": 32, "accuracy": acc, "acc_lo": lo, "acc_hi": hi,
+       "agreement": 1.0, "kl": 0.0, "size_mb": size, "ms_per_batch": lat["ms_per_batch"],
+       "images_per_s": lat["images_per_s"], "latency_spread": lat["spread"], "val_accuracy": val,
+       "train_minutes": hist["train_seconds"] / 60, "pretrained": bool(fp.pretrained),
+       "settings": {"epochs": cfg.epochs, "recipe": models.RECIPE}}
+if leak is not None:
+    row["export_split_accuracy"] = float(leak["accuracy"].iloc[0])
+results.record("02_baseline", [row], cfg, data=splits.source)
+"""),
+]
+write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "02_baseline.ipynb", cells)

@@ -1,0 +1,288 @@
+import sys; import os; sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from nbbuild import md, code, params, write
+
+cells = [
+md(r"""
+# 7. Quantization-aware training: int8 on PyTorch's engine, and low bits with learned step sizes
+
+Every method so far quantized a *trained* network after the fact (post-training quantization,
+PTQ). Quantization-aware training (QAT) instead keeps training for a little while **with the
+quantizer in the forward pass**, so the weights (and, with LSQ, the quantizer's step sizes)
+adapt to the grid they will live on. The seed paper described QAT but published no code; the
+runs below are this study's own. The question the chapter answers: **when is the extra cost of
+training worth it?**
+
+## Fake quantization in the forward pass
+
+A tensor $v$ (a weight, or the input of a layer) with step $s$ and integer range
+$[Q_n, Q_p]$ is replaced in the forward pass by
+
+$$
+\hat v = s \cdot \left\lfloor \operatorname{clamp}\!\left(\tfrac{v}{s},\, Q_n,\, Q_p\right) \right\rceil .
+$$
+
+Weights use signed codes $[-2^{b-1}, 2^{b-1}-1]$ with one step per output channel; activations
+after a ReLU use unsigned codes $[0, 2^{b}-1]$ with one step per tensor. The loss is computed on
+the quantized network, so the network that is trained is exactly the network that is deployed.
+
+## The straight-through estimator
+
+$\lfloor\cdot\rceil$ has zero derivative almost everywhere. The straight-through estimator
+(STE) treats it as the identity inside the clipping range and as a constant outside:
+
+$$
+\frac{\partial \hat v}{\partial v} \approx
+\begin{cases} 1 & Q_n \le v/s \le Q_p \\ 0 & \text{otherwise.} \end{cases}
+$$
+
+The float "shadow" weights $v$ receive the gradient of the quantized network and drift until
+their rounded values serve the loss; values clipped away get no gradient.
+
+## LSQ: learning the step
+
+Learned Step Size Quantization (Esser et al., ICLR 2020) makes $s$ a parameter. With the same
+STE, the gradient of $\hat v$ with respect to the step is
+
+$$
+\frac{\partial \hat v}{\partial s} =
+\begin{cases} -\,v/s + \lfloor v/s \rceil & Q_n < v/s < Q_p \\ Q_n & v/s \le Q_n \\ Q_p & v/s \ge Q_p , \end{cases}
+$$
+
+so the step feels both the rounding error inside the range and the clipping error outside it.
+Because one step is shared by $N$ values, its summed gradient is far larger than a weight's;
+LSQ scales it by
+
+$$
+g = \frac{1}{\sqrt{N \cdot Q_p}} ,
+$$
+
+with $N$ the number of weights per output channel (weight steps) or the number of input
+elements per image (activation steps), so that steps and weights learn at comparable rates.
+
+## The two recipes of `qlib.qat`
+
+* **int8 QAT** (`qat.train_int8`): torchvision's quantizable ResNet-18 with the baseline's
+  weights, conv-BN-ReLU fused, PyTorch's x86 QAT qconfig (per-channel int8 weights, per-tensor
+  uint8 activations with moving-average ranges), a few epochs at a small learning rate, with
+  observers and BN statistics frozen for the last epoch; then converted to the int8 engine of
+  chapter 6 and measured like every other variant.
+* **LSQ** (`qat.lsq_train`): the BN-folded network with learned steps for weights and
+  activations, **initialised from the GPTQ solution** (weights and their scales) and from
+  activation steps calibrated on the 256 calibration images (an MSE search of the clipping
+  range). At step 0 this *is* a post-training model: GPTQ weights plus calibrated per-tensor
+  activations. That model is the PTQ baseline each LSQ run is compared with, so every point the
+  LSQ model gains is what training bought. The loss mixes cross-entropy with a distillation
+  term towards the FP32 outputs (the study measures agreement with FP32).
+"""),
+params("""
+data = None
+image_size = None
+split = None
+seed = None
+smoke = None
+int8_epochs = 3        # int8 QAT: epochs (the last one with frozen observers and BN statistics)
+int8_steps = 60        # int8 QAT: optimizer steps in all (batch 128), i.e. 20 per epoch
+lsq_configs = ["W4A4", "W2A4", "W2A8"]
+lsq_epochs = 3         # LSQ: epochs (one validation point each)
+lsq_steps = 45         # LSQ: optimizer steps in all per configuration (batch 128)
+distill = 0.5          # LSQ: weight of the distillation loss to the FP32 outputs
+fidelity_limit = 3000  # agreement on a seeded subsample of the fidelity set (time budget)
+"""),
+code("""
+import copy, os, time
+import pandas as pd
+import torch
+from IPython.display import display, Markdown
+from qlib import Config, data as qdata, models, measure, results, plots, calib, widgets
+from qlib import int8, qat, gptq, export, quant
+
+plots.style()
+torch.set_num_threads(2)
+t_chapter = time.time()
+cfg = Config.from_env(data=data, image_size=image_size, split=split, seed=seed, smoke=smoke)
+splits = qdata.load(cfg)
+plots.header(cfg, splits)
+if cfg.smoke:  # the same cells on a few steps
+    int8_steps, lsq_steps, int8_epochs, lsq_epochs, lsq_configs = 2, 2, 2, 1, ["W4A4", "W2A8"]
+fp, _ = models.baseline(cfg, splits)
+calib_x, calib_idx = calib.sample(splits, cfg.calib_size, cfg.seed)
+ref = measure.Reference(fp, splits, calib_idx, fidelity_limit=fidelity_limit)
+print(f"FP32: test accuracy {ref.fp['accuracy']:.2%}; fidelity set {ref.fp['n_fidelity']} images; "
+      f"train split {len(splits.train)} images = {-(-len(splits.train) // 128)} batches of 128")
+"""),
+md("""
+## int8: QAT against PTQ on the same engine
+
+The PTQ model is chapter 6's: the baseline converted to the int8 engine with histogram-calibrated
+activations. The QAT model is fine-tuned from the same baseline (its fake quantizers start from
+observed ranges, so step 0 is essentially that PTQ model) and converted by the same engine.
+Both are saved with `int8.save` and measured with the same protocol: test accuracy with a
+track-level bootstrap interval, agreement with FP32, the real file, and the latency of a batch
+of 64 images on 2 threads.
+"""),
+code("""
+t = time.time()
+ptq8 = int8.convert(fp, calib_x, observer="histogram")
+ptq8_s = time.time() - t
+s8 = qat.QATSettings(epochs=int8_epochs, lr=1e-3, max_steps=int8_steps, freeze_epochs=1, seed=cfg.seed)
+t = time.time()
+qat8, hist8 = qat.train_int8(fp, splits, s8, progress=False)
+qat8_s = time.time() - t
+paths = {"qat_int8": results.variant_path(cfg, "qat_int8", ".int8.pt")}
+int8.save(qat8, paths["qat_int8"])
+ptq8_path = os.path.join(cfg.cache_dir, "ch07_ptq_int8.int8.pt")
+int8.save(ptq8, ptq8_path)
+qat8 = int8.load(paths["qat_int8"])  # measure what was saved
+print(f"int8 PTQ: {ptq8_s:.1f} s; int8 QAT: {qat8_s:.0f} s for {sum(hist8['steps'])} steps")
+"""),
+code("""
+lat = {k: measure.latency(m, cfg.image_size, 64, threads=2, warmup=2 if cfg.smoke else 3, runs=3 if cfg.smoke else 10)
+       for k, m in (("fp32", fp), ("ptq", ptq8), ("qat", qat8))}
+r_ptq8 = {**ref.row(ptq8), "size_mb": measure.file_size_mb(ptq8_path), "seconds": ptq8_s}
+r_qat8 = {**ref.row(qat8), "size_mb": measure.file_size_mb(paths["qat_int8"]), "seconds": qat8_s}
+fp_path = os.path.join(cfg.cache_dir, "ch07_fp32.pt")
+torch.save(fp.state_dict(), fp_path)
+tab8 = pd.DataFrame([
+    {"model": "FP32", **ref.fp, "size_mb": measure.file_size_mb(fp_path), "seconds": 0.0, **lat["fp32"]},
+    {"model": "int8 PTQ (histogram)", **r_ptq8, **lat["ptq"]},
+    {"model": "int8 QAT", **r_qat8, **lat["qat"]}]).set_index("model")
+tab8["speedup"] = tab8.loc["FP32", "ms_per_batch"] / tab8["ms_per_batch"]
+display(tab8[["accuracy", "acc_lo", "acc_hi", "agreement", "kl", "size_mb", "ms_per_batch", "speedup", "seconds"]].round(4))
+"""),
+code("""
+fig = plots.qat_curves({"int8 QAT": hist8}, title="int8 QAT (last epoch: observers and BN statistics frozen)")
+d_acc = (r_qat8["accuracy"] - r_ptq8["accuracy"]) * 100
+display(Markdown(
+    f"int8 QAT reaches **{r_qat8['accuracy']:.2%}** test accuracy (PTQ: {r_ptq8['accuracy']:.2%}, FP32: "
+    f"{ref.fp['accuracy']:.2%}; {d_acc:+.2f} points vs PTQ) and **{r_qat8['agreement']:.2%}** agreement with "
+    f"FP32 (PTQ: {r_ptq8['agreement']:.2%}), in a {r_qat8['size_mb']:.2f} MB file running "
+    f"{tab8.loc['int8 QAT', 'speedup']:.1f}x faster than FP32. It cost {qat8_s / 60:.1f} min of training against "
+    f"{ptq8_s:.1f} s of calibration. At 8 bits PTQ is already within noise of FP32: there is nothing for "
+    f"training to win back, and it does not."))
+"""),
+md("""
+## Low bits: LSQ against PTQ of the same bits
+
+At W4 and W2 with float activations GPTQ is already close to lossless on this network
+(chapter 4). What breaks PTQ is **4-bit activations**: one step per tensor for the whole
+post-ReLU distribution. So the comparison is made where post-training methods fail — W4A4 and
+W2A4 — and at W2A8, where GPTQ still works, to see whether training adds anything there.
+
+First the GPTQ solutions (BN folded, symmetric per-channel, MSE range search), timed: they are
+the PTQ weights and the LSQ starting points.
+"""),
+code("""
+gq, gptq_s = {}, {}
+for w in sorted({int(c[1:].split("A")[0]) for c in lsq_configs}):
+    t = time.time()
+    qs = quant.QuantSettings(bits=w, symmetric=True, granularity="channel", range="mse")
+    gq[w], _ = gptq.quantize_model(fp, calib_x, gptq.GPTQSettings(quant=qs, fold_bn=True), progress=False)
+    gptq_s[w] = time.time() - t
+    print(f"GPTQ W{w}: {gptq_s[w]:.1f} s")
+"""),
+md("""
+Then, for each configuration: the PTQ model (the LSQ model at step 0: GPTQ weights,
+MSE-calibrated activation steps), the LSQ fine-tune, and for W2A8 both again on the int8 engine
+(the 2-bit codes in int8 containers, activations calibrated by the engine's histogram observer,
+exactly as chapter 6 runs GPTQ W2A8).
+"""),
+code("""
+low, curves, starts, lsq_models = [], {}, {}, {}
+for c in lsq_configs:
+    w, a = (int(b) for b in c[1:].split("A"))
+    s = qat.QATSettings(epochs=lsq_epochs, lr=1e-3, w_bits=w, a_bits=a, max_steps=lsq_steps, distill=distill, seed=cfg.seed)
+    m0 = qat.lsq_model(fp, s, init_model=gq[w], calib_x=calib_x)
+    starts[c] = models.evaluate(m0, splits.val)["accuracy"]
+    low.append({"config": c, "kind": "PTQ", "engine": "float (fake-quant)", **ref.row(m0), "seconds": gptq_s[w],
+                "size_mb": measure.saved_size_mb(gq[w])})
+    t = time.time()
+    m, curves[c] = qat.lsq_train(fp, splits, s, init_model=gq[w], calib_x=calib_x, progress=False)
+    low.append({"config": c, "kind": "QAT", "engine": "float (fake-quant)", **ref.row(m), "seconds": gptq_s[w] + time.time() - t,
+                "size_mb": measure.saved_size_mb(qat.export_model(m))})
+    lsq_models[c] = m
+    if a == 8:
+        low.append({"config": c, "kind": "PTQ", "engine": "int8", **ref.row(int8.convert(gq[w], calib_x, "histogram")),
+                    "seconds": gptq_s[w], "size_mb": low[-2]["size_mb"]})
+        low.append({"config": c, "kind": "QAT", "engine": "int8", **ref.row(qat.to_int8(m, calib_x)),
+                    "seconds": low[-2]["seconds"], "size_mb": low[-2]["size_mb"]})
+lowdf = pd.DataFrame(low)
+display(lowdf[["config", "kind", "engine", "accuracy", "agreement", "kl", "size_mb", "seconds"]].round(4))
+"""),
+code("""
+fig = plots.qat_curves(curves, starts, title="LSQ fine-tuning from GPTQ (step 0 = the PTQ model)")
+"""),
+code("""
+def recovery(c, engine="float (fake-quant)"):
+    g = lowdf[(lowdf.config == c) & (lowdf.engine == engine)].set_index("kind")
+    lost = 1 - g.loc["PTQ", "agreement"]
+    return g.loc["PTQ", "agreement"], g.loc["QAT", "agreement"], (g.loc["QAT", "agreement"] - g.loc["PTQ", "agreement"]) / max(lost, 1e-9)
+lines = []
+for c in lsq_configs:
+    p, q, r = recovery(c)
+    cost = lowdf[(lowdf.config == c) & (lowdf.kind == "QAT")]["seconds"].iloc[0]
+    lines.append(f"* **{c}**: PTQ agreement {p:.2%} (loses {1 - p:.2%}), LSQ {q:.2%}: QAT wins back "
+                 f"**{r:.0%}** of the loss, for {cost / 60:.1f} min of training vs {gptq_s[int(c[1])]:.0f} s of GPTQ.")
+display(Markdown("\\n".join(lines)))
+fig = plots.qat_vs_ptq(lowdf[lowdf.engine == "float (fake-quant)"])
+"""),
+md("""
+## Explore: a live fine-tune
+
+In JupyterLab, choose the bits and the number of epochs: the panel runs a short LSQ fine-tune
+(RTN/MSE initialisation, 4 steps of 64 images per epoch on a 256-image subset) and draws its
+curve — seconds, so the curve is a toy. The static book shows the first setting; the figure of
+the full runs above (and the int8 curve) is the precomputed counterpart.
+"""),
+code("""
+widgets.qat_panel(fp, splits, calib_x, n_train=64 if cfg.smoke else 256, n_val=64 if cfg.smoke else 256);
+"""),
+md("""
+## What must hold
+"""),
+code("""
+# the QAT int8 model converts, saves, reloads and runs; its file is a real int8 file
+out = int8.load(paths["qat_int8"])(calib_x[:8])
+assert out.shape == (8, splits.num_classes) and torch.isfinite(out).all()
+assert r_qat8["size_mb"] <= 11.5, r_qat8["size_mb"]
+# QAT int8 accuracy is not below its PTQ starting point by more than noise (the PTQ interval's half-width)
+noise = (r_ptq8["acc_hi"] - r_ptq8["acc_lo"]) / 2
+assert r_qat8["accuracy"] >= r_ptq8["accuracy"] - noise, (r_qat8["accuracy"], r_ptq8["accuracy"], noise)
+# LSQ exports bit-exact packed files smaller than the int8 file
+assert (lowdf["size_mb"] < r_qat8["size_mb"]).all()
+print("ok")
+"""),
+code("""
+rec = {c: recovery(c) for c in lsq_configs if "A4" in c}
+w2a8 = [c for c in lsq_configs if c == "W2A8"]
+msg = [f"{c}: QAT recovers {r:.0%} of the PTQ agreement loss ({'meets' if r >= 0.5 else 'misses'} the target of half)" for c, (_, _, r) in rec.items()]
+if w2a8:
+    p, q, _ = recovery("W2A8", "int8")
+    msg.append(f"W2A8 on the int8 engine: LSQ {q:.2%} vs GPTQ {p:.2%} agreement "
+               f"({'at least as good' if q >= p else 'worse than GPTQ'})")
+display(Markdown("**Targets (measured):** " + "; ".join(msg) + f". Chapter time: {(time.time() - t_chapter) / 60:.1f} min."))
+"""),
+code("""
+export.save(qat.export_model(lsq_models["W4A4"]), results.variant_path(cfg, "lsq_w4a4"),
+            extra_metadata={"act_steps": qat.act_steps(lsq_models["W4A4"])}) if "W4A4" in lsq_models else None
+if "W2A8" in lsq_models:
+    export.save(qat.export_model(lsq_models["W2A8"]), results.variant_path(cfg, "lsq_w2a8"),
+                extra_metadata={"act_steps": qat.act_steps(lsq_models["W2A8"])})
+    int8.save(qat.to_int8(lsq_models["W2A8"], calib_x), results.variant_path(cfg, "lsq_w2a8", ".int8.pt"))
+keep = ("accuracy", "acc_lo", "acc_hi", "agreement", "kl", "test_agreement", "n_fidelity", "size_mb")
+rows = [{"method": "int8-ptq", "label": "int8 PTQ (histogram)", "bits": 8, "act_bits": 8, "granularity": "channel", "engine": "int8",
+         **{k: r_ptq8[k] for k in keep}, **{k: lat["ptq"][k] for k in ("ms_per_batch", "images_per_s")}, "seconds": ptq8_s,
+         "calib_seed": cfg.seed, "settings": {"observer": "histogram"}},
+        {"method": "qat-int8", "label": "int8 QAT", "bits": 8, "act_bits": 8, "granularity": "channel", "engine": "int8",
+         **{k: r_qat8[k] for k in keep}, **{k: lat["qat"][k] for k in ("ms_per_batch", "images_per_s")}, "seconds": qat8_s,
+         "variant_file": "qat_int8", "calib_seed": cfg.seed, "settings": {**s8.__dict__, "history": hist8}}]
+for r in low:
+    w, a = (int(b) for b in r["config"][1:].split("A"))
+    var = {"W4A4": "lsq_w4a4", "W2A8": "lsq_w2a8"}.get(r["config"]) if r["kind"] == "QAT" else None
+    rows.append({"method": "lsq" if r["kind"] == "QAT" else "gptq", "label": f"{'LSQ' if r['kind'] == 'QAT' else 'GPTQ'} W{w}A{a}" + (" (int8 engine)" if r["engine"] == "int8" else ""),
+                 "bits": w, "act_bits": a, "granularity": "channel", "engine": "int8" if r["engine"] == "int8" else "float",
+                 **{k: r[k] for k in keep}, "seconds": r["seconds"], "variant_file": var, "calib_seed": cfg.seed,
+                 "settings": {"init": "gptq", "act_steps": "mse", "epochs": lsq_epochs, "max_steps": lsq_steps, "distill": distill} if r["kind"] == "QAT" else {"weights": "gptq mse", "act": "mse step (=LSQ step 0)" if r["engine"] != "int8" else "histogram"}})
+results.record("07_qat", rows, cfg, data=splits.source)
+"""),
+]
+write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "07_qat.ipynb", cells)

@@ -1,0 +1,234 @@
+import sys; import os; sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from nbbuild import md, code, params, write
+
+cells = [
+md(r"""
+# 8. Results: what works on a CNN, and what the seed paper got wrong
+
+Every chapter recorded its variants as rows (`book/results/<chapter>.json`): accuracy on the
+track-split test set with its 95% interval, agreement and KL with the FP32 model on the
+fidelity set, and the size of the real file each variant is saved to. This chapter re-times
+every saved variant in one process (`python -m qlib.bench`: interleaved rounds, so drift of
+the machine hits every variant alike), puts the seed paper's Table 1 beside ours, measures how
+much the calibration sample moves each post-training method, and answers each of the seed
+paper's conclusions.
+"""),
+params("""
+data = None
+image_size = None
+split = None
+seed = None
+smoke = None
+calib_seeds = [0, 1, 2]
+fidelity_limit = 3000   # fidelity images for the calibration-seed study
+bench_rounds = 15
+"""),
+code("""
+import json, os
+import numpy as np
+import pandas as pd
+import torch
+from IPython.display import display, Markdown
+from qlib import Config, data as qdata, models, measure, results, plots, bench
+
+plots.style()
+torch.set_num_threads(2)
+cfg = Config.from_env(data=data, image_size=image_size, split=split, seed=seed, smoke=smoke)
+splits = qdata.load(cfg)
+plots.header(cfg, splits)
+fp, _ = models.baseline(cfg, splits)
+df = results.table(cfg)
+df = df[df["chapter"] != "08_results"].reset_index(drop=True) if len(df) else df
+chapters = {"02_baseline": "FP32 baseline", "03_basics": "RTN", "04_gptq": "GPTQ", "05_awq": "AWQ",
+            "06_smoothquant": "SmoothQuant / int8 engine", "07_qat": "QAT"}
+have = set(df["chapter"]) if len(df) else set()
+missing = [f"{k} ({v})" for k, v in chapters.items() if k not in have]
+display(Markdown(f"Rows recorded: **{len(df)}** from chapters {sorted(have)}." +
+                 (f" **Missing:** {', '.join(missing)} — their rows are absent from every table and figure below." if missing else "")))
+"""),
+md("""
+## One benchmark for every saved variant
+
+The chapters saved the model file of each method's recommended and most aggressive variant.
+Each is loaded the way it runs: a packed low-bit file (`qlib.export`) dequantizes into a float
+model and runs in FP32 arithmetic; an `.int8.pt` file runs on PyTorch's int8 engine (x86).
+A batch of 64 images, 2 threads, rounds interleaved.
+"""),
+code("""
+vdir = results.variant_path(cfg, "probe").parent
+if bench.discover(vdir):
+    bres = bench.run(vdir, batch_size=64, threads=2, image_size=cfg.image_size, rounds=3 if cfg.smoke else bench_rounds)
+    out = results.results_dir(cfg) / "bench.json"
+    out.write_text(json.dumps(bres, indent=1))
+    bdf = pd.DataFrame(bres["rows"]).sort_values("size_mb", ascending=False)
+    display(bdf[["variant", "engine", "size_mb", "int8_file_mb", "ms_per_batch", "spread", "images_per_s", "speedup_vs_fp32"]].round(3).style.hide(axis="index"))
+else:
+    bres, bdf = None, pd.DataFrame(columns=["variant", "ms_per_batch", "images_per_s", "speedup_vs_fp32"])
+    display(Markdown("No saved variant found: run the method chapters first."))
+"""),
+code("""
+# the benchmark's timings replace each chapter's own (same run, same protocol)
+if len(df) and "variant_file" in df:
+    timing = bdf.set_index("variant")[["ms_per_batch", "images_per_s", "speedup_vs_fp32"]]
+    for col in timing.columns:
+        df[col + "_bench"] = df["variant_file"].map(timing[col]) if "variant_file" in df else np.nan
+fp_row = df[df["method"] == "fp32"].iloc[0] if (len(df) and (df["method"] == "fp32").any()) else None
+fp_acc = float(fp_row["accuracy"]) if fp_row is not None else models.evaluate(fp, splits.test)["accuracy"]
+"""),
+md("""
+## The seed paper's Table 1 beside ours
+
+Per method, two of our rows: the **recommended** setting (the smallest file whose top-1
+agreement with FP32 is at least 99.5%) and the **most aggressive working** one (the smallest
+file whose test accuracy is within 1 point of FP32). The seed's rows are its own published
+figures (224x224, its leaky split, an unstated timing protocol): compare them by pattern, not
+digit by digit. Our CPU time is per batch of 64 images at the book's image size, 2 threads.
+"""),
+code("""
+def pick(rows, rule):
+    ok = rows[rule(rows)]
+    return ok.sort_values("size_mb").iloc[0] if len(ok) else None
+
+ours = []
+for method, rows in df[df["method"] != "fp32"].groupby("method"):
+    rows = rows.dropna(subset=["size_mb", "accuracy", "agreement"])
+    for role, rule in (("recommended", lambda r: r["agreement"] >= 0.995),
+                       ("most aggressive", lambda r: r["accuracy"] >= fp_acc - 0.01)):
+        r = pick(rows, rule)
+        if r is not None:
+            ours.append({**r.to_dict(), "role": role})
+ours = pd.DataFrame(ours).drop_duplicates(subset=["label"]) if ours else pd.DataFrame()
+seed_tab = pd.DataFrame(results.SEED_TABLE1).rename(columns={"model": "model", "accuracy": "accuracy (%)", "size_mb": "size (MB)", "cpu_time_s": "CPU time"})
+seed_tab["model"] = "seed paper (published): " + seed_tab["model"]
+def ms(r):
+    v = r.get("ms_per_batch_bench")
+    v = v if v is not None and not pd.isna(v) else r.get("ms_per_batch")
+    return np.nan if v is None or pd.isna(v) else v
+our_tab = pd.DataFrame([{"model": f"this book: {r['label']} ({r['role']})" if "role" in r else f"this book: {r['label']}",
+                         "accuracy (%)": round(100 * r["accuracy"], 2),
+                         "95% CI": f"{100 * r['acc_lo']:.1f}–{100 * r['acc_hi']:.1f}",
+                         "size (MB)": round(r["size_mb"], 2), "CPU time": ms(r),
+                         "agreement (%)": round(100 * r["agreement"], 2), "KL": r["kl"],
+                         "speed-up": r.get("speedup_vs_fp32_bench")}
+                        for r in ([fp_row.to_dict() | {"label": "FP32 baseline"}] if fp_row is not None else []) + ours.to_dict("records")])
+our_tab["CPU time"] = our_tab["CPU time"].map(lambda v: "" if pd.isna(v) else f"{v:.1f} ms / 64 img")
+table = pd.concat([seed_tab.assign(**{"CPU time": seed_tab["CPU time"].map(lambda v: f"{v} s (protocol not stated)")}), our_tab], ignore_index=True)
+display(table.style.hide(axis="index").format(precision=4, na_rep=""))
+"""),
+md("""
+## Trade-offs: accuracy against size and speed
+
+Every recorded variant is a point; the dashed line is the Pareto front (no other variant is both
+smaller — or faster — and more accurate).
+"""),
+code("""
+d = df.dropna(subset=["size_mb"]).copy()
+d["label"] = d["label"].fillna(d["method"])
+fig = plots.tradeoff(d, "size_mb", "accuracy", "file size (MB, log scale)", title="Accuracy vs file size", fp_y=fp_acc)
+if not cfg.smoke:
+    plots.save(fig, results.results_dir(cfg) / "pareto.png")
+fig = plots.tradeoff(d, "size_mb", "agreement", "file size (MB, log scale)", title="Agreement with FP32 vs file size")
+"""),
+code("""
+t = df.copy()
+t["images_per_s_any"] = t.get("images_per_s_bench", pd.Series(np.nan, index=t.index)).fillna(t.get("images_per_s", np.nan))
+t = t.dropna(subset=["images_per_s_any"])
+if len(t):
+    t["label"] = t["label"].fillna(t["method"])
+    fig = plots.tradeoff(t, "images_per_s_any", "accuracy", "images / s (batch 64, 2 threads)", logx=False,
+                         title="Accuracy vs throughput", fp_y=fp_acc, front="max")
+"""),
+code("""
+b = df[df["method"] != "fp32"].dropna(subset=["bits", "accuracy"]).copy()
+b = b[b["act_bits"].fillna(32) >= 8] if "act_bits" in b else b
+if len(b):
+    fig = plots.bits_sweep(b.groupby(["method", "bits"], as_index=False)["accuracy"].max(), y="accuracy", hue="method",
+                           title="Best test accuracy per method and weight bits (activations >= 8 bits)")
+"""),
+md("""
+## How much does the calibration sample matter?
+
+Each post-training method is re-run with three calibration samples (different seeds, same
+size, all from the train split) at a setting where it is not lossless; RTN uses no data and
+does not move. The differences the text below claims must exceed these spreads.
+"""),
+code("""
+from qlib import calib, quant, gptq, awq, smoothquant, int8
+var = []
+for s in calib_seeds:
+    x, idx = calib.sample(splits, cfg.calib_size, s)
+    ref = measure.Reference(fp, splits, idx, fidelity_limit=fidelity_limit, seed=s)
+    runs = {"GPTQ W2 per-channel": lambda: gptq.quantize_model(fp, x, gptq.GPTQSettings(quant=quant.QuantSettings(bits=2)), progress=False)[0],
+            "AWQ W3 per-channel": lambda: awq.apply(fp, awq.search(fp, x, awq.AWQSettings(quant=quant.QuantSettings(bits=3))), awq.AWQSettings(quant=quant.QuantSettings(bits=3))),
+            "int8 static PTQ (int8 engine)": lambda: int8.convert(fp, x),
+            "SmoothQuant W8A8 (int8 engine)": lambda: int8.convert(smoothquant.apply(fp, smoothquant.search(fp, x)), x)}
+    for name, make in runs.items():
+        var.append({"method": name, "calib_seed": s, **ref.row(make())})
+var = pd.DataFrame(var)
+spread = var.groupby("method")[["accuracy", "agreement", "kl"]].agg(["mean", "std"])
+display((spread * [100, 100, 100, 100, 1, 1]).round(3))
+"""),
+md("""
+## The seed paper's conclusions, tested
+"""),
+code("""
+def best(method_prefix, rule=lambda r: r["accuracy"] >= fp_acc - 0.01):
+    rows = df[df["method"].astype(str).str.startswith(method_prefix)].dropna(subset=["size_mb"])
+    ok = rows[rule(rows)]
+    return ok.sort_values("size_mb").iloc[0] if len(ok) else None
+
+lines = []
+g, a = best("gptq"), best("awq")
+fast = df[df.get("engine", pd.Series(dtype=str)).astype(str) == "int8"] if "engine" in df else df.iloc[0:0]
+if g is not None and a is not None:
+    lines.append(f"1. *\\"AWQ, GPTQ and QAT reduced size ~4x but did not improve throughput.\\"* **Refined.** Stored as real packed files, "
+                 f"GPTQ reaches {g['size_mb']:.2f} MB ({g['label']}, accuracy {g['accuracy']:.2%}) and AWQ {a['size_mb']:.2f} MB "
+                 f"({a['label']}, {a['accuracy']:.2%}) — {fp_row['size_mb'] / g['size_mb']:.0f}x and {fp_row['size_mb'] / a['size_mb']:.0f}x "
+                 f"smaller than FP32, not 4x. Weight-only formats dequantize to float, so alone they indeed do not run faster; "
+                 f"executed on the int8 engine (next point) they do.")
+if len(fast):
+    f = fast.sort_values("size_mb").iloc[0]
+    sp = f.get("speedup_vs_fp32_bench")
+    lines.append(f"2. *\\"SmoothQuant reduced inference time but not model size.\\"* **Refuted.** The smallest int8-engine variant, "
+                 f"{f['label']}, is stored in {f['size_mb']:.2f} MB at accuracy {f['accuracy']:.2%} (FP32 {fp_acc:.2%})"
+                 + (f" and runs {sp:.1f}x faster than FP32 in the same benchmark run" if sp is not None and not pd.isna(sp) else "")
+                 + ". The seed's 42.67 MB was the float model's parameter bytes, not its int8 file.")
+if g is not None:
+    lines.append(f"3. *\\"AWQ and GPTQ showed significant degradation: limited suitability for CNNs.\\"* **Refuted.** Correctly implemented, "
+                 f"GPTQ keeps accuracy within a point of FP32 down to {int(g['bits'])} bits ({g['label']}: {g['accuracy']:.2%}, "
+                 f"agreement {g['agreement']:.2%})" + (f", AWQ down to {int(a['bits'])} bits ({a['accuracy']:.2%})" if a is not None else "")
+                 + ". The seed's 63.2% and 75.5% came from a GPTQ that never saw activations and an AWQ that was not an equivalence transform (chapters 4 and 5).")
+if g is not None and len(fast):
+    lines.append("4. *\\"Reducing both size and time without losing accuracy needs more sophisticated strategies.\\"* **Refuted with standard tools.** "
+                 "GPTQ's low-bit weights executed on PyTorch's int8 engine (W4A8) give both at once; see the table above.")
+display(Markdown("\\n\\n".join(lines) if lines else "Not enough chapters have recorded rows to answer the conclusions yet."))
+"""),
+md("""
+## What a practitioner should use
+
+- **Need speed on a CPU?** Static int8 on PyTorch's engine (the default x86 recipe), with
+  weights from GPTQ at 4 bits if the file size also matters (W4A8). SmoothQuant's smoothing is
+  an equivalence transform that costs nothing, but the ResNet's activations have no LLM-style
+  outlier channels, so it rarely changes the result at 8-bit activations (chapter 6).
+- **Need the smallest file?** GPTQ, per-channel; check the most aggressive working setting
+  above. AWQ is not better than RTN with a clipping search on this network (chapter 5).
+- **Low activation bits (4)?** That is where post-training methods break and QAT earns its
+  training cost (chapter 7).
+- Measure fidelity (agreement, KL) on every image you can, not accuracy on a small test split:
+  the test split here cannot resolve differences under about a point.
+"""),
+code("""
+if not cfg.smoke and len(our_tab):
+    readme = results.ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    if start in text and end in text:
+        block = (start + "\\n" + table.fillna("").to_markdown(index=False) + "\\n\\n![Accuracy vs file size](book/results/pareto.png)\\n" + end)
+        readme.write_text(text.split(start)[0] + block + text.split(end)[1])
+        print("README results table updated")
+results.record("08_results", [{"method": r["method"], "label": r["method"], "calib_seed": int(r["calib_seed"]),
+                               "accuracy": r["accuracy"], "agreement": r["agreement"], "kl": r["kl"]} for _, r in var.iterrows()],
+               cfg, data=splits.source)
+"""),
+]
+write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "08_results.ipynb", cells)
