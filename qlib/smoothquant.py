@@ -294,7 +294,8 @@ def search_alpha(model: nn.Module, calib_x: torch.Tensor, grid=np.linspace(0, 1,
     Returns ``(best, curve)``: best is a float or {group key: float}; curve is plain data:
     {"alpha": grid, "error": [...] or {key: [...]}, "unsmoothed": error without smoothing}.
     """
-    grid = [_check_alpha(a, "grid value") for a in np.atleast_1d(np.asarray(grid, dtype=float))]
+    grid = [round(_check_alpha(a, "grid value"), 12)  # linspace's 0.6000000000000001 -> 0.6
+            for a in np.atleast_1d(np.asarray(grid, dtype=float))]
     if not grid:
         raise ValueError("grid=[]: expected at least one alpha in [0, 1]")
     w_bits, a_bits = _check_bits(w_bits, "w_bits"), _check_bits(a_bits, "a_bits")
