@@ -185,4 +185,4 @@ if "export (seed paper)" in schemes:
 print("ok: no track is shared between splits; every class is in every split")
 """),
 ]
-write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "01_data.ipynb", cells)
+write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "01_data.ipynb"), cells)

@@ -155,4 +155,4 @@ if leak is not None:
 results.record("02_baseline", [row], cfg, data=splits.source)
 """),
 ]
-write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "02_baseline.ipynb", cells)
+write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "02_baseline.ipynb"), cells)

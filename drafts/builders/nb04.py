@@ -381,4 +381,4 @@ for _, r in break_df.iterrows():
 results.record("04_gptq", rows, cfg, data=splits.source)
 """),
 ]
-write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "04_gptq.ipynb", cells)
+write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "04_gptq.ipynb"), cells)

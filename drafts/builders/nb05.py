@@ -338,4 +338,4 @@ results.record("05_awq", rows, cfg, data=splits.source)
 print(f"{len(rows)} rows; chapter time {time.time() - t_start:.0f} s")
 """),
 ]
-write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "05_awq.ipynb", cells)
+write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "05_awq.ipynb"), cells)

@@ -307,4 +307,4 @@ for r in sweep_rows + [{**b, "mode": None, "alpha": None} for b in base_rows]:
 results.record("06_smoothquant", rows, cfg, data=splits.source)
 """),
 ]
-write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "06_smoothquant.ipynb", cells)
+write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "06_smoothquant.ipynb"), cells)

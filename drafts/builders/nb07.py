@@ -285,4 +285,4 @@ for r in low:
 results.record("07_qat", rows, cfg, data=splits.source)
 """),
 ]
-write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "07_qat.ipynb", cells)
+write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "07_qat.ipynb"), cells)

@@ -231,4 +231,4 @@ results.record("08_results", [{"method": r["method"], "label": r["method"], "cal
                cfg, data=splits.source)
 """),
 ]
-write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "08_results.ipynb", cells)
+write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "08_results.ipynb"), cells)
