@@ -28,6 +28,15 @@ def _task(seed=0):
     return batch
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors: one thread is as fast, and never stalls on a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 @pytest.fixture(scope="module")
 def data():
     batch = _task()

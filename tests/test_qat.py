@@ -21,6 +21,15 @@ def _split(n, seed):
                        [f"t{i // 4}" for i in range(n)], [str(i) for i in range(n)])
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors: one thread is as fast, and never stalls on a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 @pytest.fixture(scope="module")
 def splits():
     return qdata.Splits(_split(32, 0), _split(16, 1), _split(16, 2),
