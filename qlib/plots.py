@@ -578,6 +578,13 @@ def awq_layer_errors(df):
 # Chapter 04: GPTQ
 # --------------------------------------------------------------------------------------
 
+def _lighter(color, amount: float = 0.55):
+    """``color`` blended towards white (held-out bars beside calibration bars)."""
+    import matplotlib.colors as mcolors
+    r, g, b = mcolors.to_rgb(color)
+    return (r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount)
+
+
 def gptq_layer_errors(df, title: str = ""):
     """Per layer: RTN and GPTQ output error on calibration and held-out inputs (top), and the
     ratio RTN/GPTQ on each (bottom). DataFrame columns: layer, inputs, method, error."""
@@ -588,7 +595,7 @@ def gptq_layer_errors(df, title: str = ""):
     fig, axes = plt.subplots(2, 1, figsize=(11, 6.4), sharex=True)
     d = df.assign(series=df["method"].str.upper() + ", " + df["inputs"])
     pal = {f"{m}, {s}": c for m, base in (("RTN", PALETTE["rtn"]), ("GPTQ", PALETTE["gptq"]))
-           for s, c in zip(sets, (base, base + "88"))}
+           for s, c in zip(sets, (base, _lighter(base)))}
     sns.barplot(data=d, x="layer", y="error", hue="series", order=layers, palette=pal, ax=axes[0])
     axes[0].set_yscale("log")
     axes[0].set_ylabel(r"$\|WX-\hat WX\|^2/\|WX\|^2$")
