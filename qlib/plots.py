@@ -529,9 +529,11 @@ def awq_grids(seed_q, seed_fp, result, seed_label: str = "agreement with FP32 (%
     """Heat maps side by side: the seed's (alpha, s) grid after int8 and as a float model
     (DataFrames indexed by alpha, columns s), and the correct method's alpha grid
     (per layer, output error relative to alpha = 0, from an AWQResult)."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), gridspec_kw={"width_ratios": [1, 1, 1.8]})
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), gridspec_kw={"width_ratios": [1, 1, 1.8]},
+                             layout="constrained")
     vmin = min(seed_q.values.min(), seed_fp.values.min()) * 100
-    for ax, df, t in ((axes[0], seed_q, "seed's AWQ, int8 per-tensor"), (axes[1], seed_fp, "seed's transform, float (no quantization)")):
+    for ax, df, t in ((axes[0], seed_q, "seed's AWQ\nafter per-tensor int8"),
+                      (axes[1], seed_fp, "seed's transform\nas a float model (no rounding)")):
         im = ax.imshow(df.values * 100, cmap="viridis", vmin=vmin, vmax=100, aspect="auto")
         for (i, j), v in np.ndenumerate(df.values * 100):
             ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w" if v < (vmin + 100) / 2 else "k")
@@ -548,7 +550,7 @@ def awq_grids(seed_q, seed_fp, result, seed_label: str = "agreement with FP32 (%
     for i, k in enumerate(keys):
         if result.alpha[k] is not None:
             axes[2].plot(result.alphas.index(result.alpha[k]), i, "k*", ms=7)
-    axes[2].set(xlabel=r"$\alpha$", title=f"correct AWQ W{result.settings.quant.bits}: error vs α (★ chosen)")
+    axes[2].set(xlabel=r"$\alpha$", title=f"correct AWQ W{result.settings.quant.bits}: error vs α\n(★ chosen)")
     axes[2].grid(False)
     fig.colorbar(im2, ax=axes[2], label=r"$\log_2$ error / error(α=0)")
     return fig
