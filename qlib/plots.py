@@ -439,7 +439,7 @@ def smoothing_heatmaps(stats: dict, scales, layers, max_channels: int = 512):
 def alpha_sweep(df, baseline, fp_acc: float, modes=("shared",)):
     """Accuracy and agreement vs alpha, one line per activation bit width (``df`` rows with
     act_bits, alpha, mode, accuracy, agreement); dashed: no smoothing (``baseline`` rows)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
     colors = dict(zip(sorted(df["act_bits"].unique(), reverse=True), ("#1f77b4", "#ff7f0e", "#d62728", "#2ca02c")))
     for ax, y in zip(axes, ("accuracy", "agreement")):
         for (a_bits, mode), g in df[df["mode"].isin(modes)].groupby(["act_bits", "mode"]):
@@ -448,12 +448,12 @@ def alpha_sweep(df, baseline, fp_acc: float, modes=("shared",)):
                     label=f"W8A{a_bits} smoothed ({mode})", ms=4)
         for _, r in baseline.iterrows():
             ax.axhline(r[y] * 100, color=colors[r["act_bits"]], ls="--", lw=0.9,
-                       label=f"W8A{r['act_bits']} no smoothing")
+                       label=f"W8A{int(r['act_bits'])} no smoothing")
         if y == "accuracy":
             ax.axhline(fp_acc * 100, color="k", ls=":", lw=0.8, label="FP32")
         ax.set_xlabel(r"migration strength $\alpha$")
         ax.set_ylabel({"accuracy": "test accuracy (%)", "agreement": "top-1 agreement with FP32 (%)"}[y])
-    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.tight_layout()
     return fig
 
