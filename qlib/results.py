@@ -76,7 +76,7 @@ def table(cfg=None):
     import pandas as pd
 
     rows = []
-    for p in sorted(results_dir(cfg).glob("*.json")):
+    for p in sorted(results_dir(cfg).glob("[0-9][0-9]_*.json")):  # chapter row files, not bench.json
         rows.extend(json.loads(p.read_text()))
     df = pd.DataFrame(rows)
     return df

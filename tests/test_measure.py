@@ -57,8 +57,9 @@ def test_results_record_and_table(tmp_path, monkeypatch):
     results.record("03_basics", [{"method": "rtn", "bits": 8, "accuracy": 0.95}])
     rows = json.loads((tmp_path / "04_gptq.json").read_text())
     assert rows[0]["accuracy"] == pytest.approx(0.9) and rows[0]["chapter"] == "04_gptq"
+    (tmp_path / "bench.json").write_text(json.dumps({"rows": [{"variant": "fp32"}]}))  # not a chapter's rows
     df = results.table()
-    assert set(df["method"]) == {"gptq", "rtn"} and "commit" in df.columns
+    assert set(df["method"]) == {"gptq", "rtn"} and "commit" in df.columns and len(df) == 2
     with pytest.raises(ValueError, match="method"):
         results.record("x", [{"bits": 4}])
 
