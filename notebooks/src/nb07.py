@@ -188,12 +188,12 @@ MSE-calibrated activation steps), the LSQ fine-tune, and for W2A8 both again on 
 exactly as chapter 6 runs GPTQ W2A8).
 """),
 code("""
-low, curves, starts, lsq_models = [], {}, {}, {}
+low, curves, starts, lsq_models, ptq_models = [], {}, {}, {}, {}
 for c in lsq_configs:
     w, a = (int(b) for b in c[1:].split("A"))
     s = qat.QATSettings(epochs=lsq_epochs, lr=1e-3, w_bits=w, a_bits=a, max_steps=lsq_steps, distill=distill, seed=cfg.seed)
     m0 = qat.lsq_model(fp, s, init_model=gq[w], calib_x=calib_x)
-    starts[c] = models.evaluate(m0, splits.val)["accuracy"]
+    starts[c], ptq_models[c] = models.evaluate(m0, splits.val)["accuracy"], m0
     low.append({"config": c, "kind": "PTQ", "engine": "float (fake-quant)", **ref.row(m0), "seconds": gptq_s[w],
                 "size_mb": measure.saved_size_mb(gq[w])})
     t = time.time()
@@ -225,6 +225,28 @@ for c in lsq_configs:
                  f"**{r:.0%}** of the loss, for {cost / 60:.1f} min of training vs {gptq_s[int(c[1])]:.0f} s of GPTQ.")
 display(Markdown("\\n".join(lines)))
 fig = plots.qat_vs_ptq(lowdf[lowdf.engine == "float (fake-quant)"])
+"""),
+md("""
+### Does what LSQ learns transfer?
+
+LSQ trains on the train split, so the chapter measures agreement on validation + test images,
+which it never saw. The same comparison on 2,000 *training* images shows what the fine-tune
+does to the images it was fitted on.
+"""),
+code("""
+g = torch.Generator().manual_seed(cfg.seed)
+tr = splits.train.subset(torch.randperm(len(splits.train), generator=g)[:2000])
+fp_tr = models.predict(fp, tr)
+seen = pd.DataFrame([{"config": c, "kind": kind,
+                      "agreement, train images (fitted)": measure.fidelity(models.predict(m, tr), fp_tr)["agreement"],
+                      "agreement, val + test (held out)": lowdf[(lowdf.config == c) & (lowdf.kind == kind) & (lowdf.engine == "float (fake-quant)")].agreement.iloc[0]}
+                     for c in lsq_configs for kind, m in (("PTQ", ptq_models[c]), ("QAT", lsq_models[c]))])
+display(seen.round(4))
+d = seen.set_index(["config", "kind"])
+gain = lambda col: {c: d.loc[(c, "QAT"), col] - d.loc[(c, "PTQ"), col] for c in lsq_configs}
+g_tr, g_ho = gain("agreement, train images (fitted)"), gain("agreement, val + test (held out)")
+display(Markdown("LSQ's change in agreement with FP32, on the training images vs on held-out images: "
+                 + "; ".join(f"{c}: {g_tr[c] * 100:+.2f} vs {g_ho[c] * 100:+.2f} points" for c in lsq_configs) + "."))
 """),
 md("""
 ## Explore: a live fine-tune
