@@ -275,7 +275,7 @@ if not cfg.smoke and len(our_tab):
     text = readme.read_text()
     start, end = "<!-- results:start -->", "<!-- results:end -->"
     if start in text and end in text:
-        block = (start + "\\n" + table.astype(object).where(table.notna(), "").to_markdown(index=False, floatfmt=".2f") + "\\n\\n![Accuracy vs file size](book/results/pareto.png)\\n" + end)
+        block = (start + "\\n" + table.astype(object).where(table.notna(), "").to_markdown(index=False, floatfmt=("", ".2f", ".2f", "", "", ".2f", ".4f", ".1f", ".0f")) + "\\n\\n![Accuracy vs file size](book/results/pareto.png)\\n" + end)
         readme.write_text(text.split(start)[0] + block + text.split(end)[1])
         print("README results table updated")
 results.record("08_results", [{"method": r["method"], "label": r["method"], "calib_seed": int(r["calib_seed"]),
