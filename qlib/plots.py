@@ -307,6 +307,10 @@ def outlier_ratio(stats: dict, key: str = "absmax", llm_ratio: float = 100.0):
 
 def _method_color(m: str) -> str:
     m = str(m).lower()
+    if m == "awq+gptq":
+        return "#17becf"
+    if m == "lsq":
+        return "#bcbd22"
     for key in ("gptq", "awq", "smoothquant", "qat", "lsq", "int8", "rtn", "fp32"):
         if key in m:
             return PALETTE.get(key if key != "lsq" else "qat", "#555555")
@@ -328,7 +332,12 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
              fp_y=None, front: str = "min"):
     """Every variant a point (colour: method), with the Pareto front drawn through the best."""
     d = df.dropna(subset=[x, y]).reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    fig, ax = plt.subplots(figsize=(9, 5.2))
+    hidden = 0
+    if fp_y is not None and y in ("accuracy", "agreement"):  # zoom on the variants that work
+        floor = (fp_y if y == "accuracy" else 1.0) - 0.12
+        hidden = int((d[y] < floor).sum())
+        ax.set_ylim(floor * 100, max(d[y].max(), fp_y if y == "accuracy" else 1.0) * 100 + 1.0)
     for method, g in d.groupby("method"):
         ax.scatter(g[x], g[y] * 100, color=_method_color(method), label=method, s=28, alpha=0.85,
                    edgecolor="white", linewidth=0.5)
@@ -336,13 +345,19 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
     idx = pareto_front(xs, d[y].to_numpy())
     fr = d.iloc[idx].sort_values(x)
     ax.plot(fr[x], fr[y] * 100, color="k", lw=1, ls="--", label="Pareto front")
-    for _, r in fr.iterrows():
-        ax.annotate(str(r.get("label", r["method"])), (r[x], r[y] * 100), fontsize=7,
-                    xytext=(4, -10), textcoords="offset points")
+    for i, (_, r) in enumerate(fr.iterrows()):
+        ax.annotate(str(r.get("label", r["method"])), (r[x], r[y] * 100), fontsize=7, rotation=20,
+                    xytext=(4, 10 if i % 2 else -16), textcoords="offset points",
+                    arrowprops=dict(arrowstyle="-", lw=0.4, color="#777777"))
     if fp_y is not None:
         ax.axhline(fp_y * 100, color=PALETTE["fp32"], lw=0.8, ls=":", label="FP32")
     if logx:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "235" else ""))
+    if hidden:
+        ax.text(0.01, 0.01, f"{hidden} variants lie below this range (see the chapters)", transform=ax.transAxes,
+                fontsize=7, color="#555555")
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel({"accuracy": "test accuracy (%)", "agreement": "top-1 agreement with FP32 (%)"}.get(y, y))
     ax.set_title(title)
