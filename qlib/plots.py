@@ -305,15 +305,17 @@ def outlier_ratio(stats: dict, key: str = "absmax", llm_ratio: float = 100.0):
 # Chapter 08: results
 # --------------------------------------------------------------------------------------
 
+# methods of the results rows that have a colour of their own (the rest match a PALETTE key)
+METHOD_COLORS = {"awq+gptq": "#17becf", "lsq": "#bcbd22"}
+
+
 def _method_color(m: str) -> str:
     m = str(m).lower()
-    if m == "awq+gptq":
-        return "#17becf"
-    if m == "lsq":
-        return "#bcbd22"
-    for key in ("gptq", "awq", "smoothquant", "qat", "lsq", "int8", "rtn", "fp32"):
+    if m in METHOD_COLORS:
+        return METHOD_COLORS[m]
+    for key in ("gptq", "awq", "smoothquant", "qat", "int8", "rtn", "fp32"):
         if key in m:
-            return PALETTE.get(key if key != "lsq" else "qat", "#555555")
+            return PALETTE[key]
     return "#555555"
 
 

@@ -15,6 +15,8 @@ from qlib.quant import QuantSettings
 NUM_CLASSES = 29
 SIZE = 32
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 
 def _task(seed=0):
     """A 29-class task: smooth class prototypes + noise (held-out accuracy ~99%)."""
@@ -27,15 +29,6 @@ def _task(seed=0):
         return protos[y] + 0.4 * torch.randn(n, 3, SIZE, SIZE, generator=g), y
     return batch
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread is as fast, and never stalls on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 @pytest.fixture(scope="module")
 def data():

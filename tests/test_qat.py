@@ -13,6 +13,8 @@ from qlib.quant import QuantSettings
 
 NUM_CLASSES = 5
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 
 def _split(n, seed):
     g = torch.Generator().manual_seed(seed)
@@ -20,15 +22,6 @@ def _split(n, seed):
                        torch.randint(0, NUM_CLASSES, (n,), generator=g),
                        [f"t{i // 4}" for i in range(n)], [str(i) for i in range(n)])
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread is as fast, and never stalls on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 @pytest.fixture(scope="module")
 def splits():
