@@ -8,6 +8,9 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 # The scripts the book's pages load, served from the book itself (see `web` below).
 WEB := _build/web
 WEB_STAMP := $(WEB)/.installed
+# The embed bundle sometimes asks for its icon fonts relative to the page (book/@jupyter-widgets/)
+# instead of beside itself: a copy there (html_extra_path) serves both requests.
+WEB_EXTRA := _build/webextra
 MATHJAX_VERSION := 3.2.2
 REQUIREJS_VERSION := 2.3.8
 HTML_MANAGER_VERSION := 1.0.15
@@ -55,7 +58,7 @@ web: $(WEB_STAMP)
 
 $(WEB_STAMP): Makefile
 	@command -v npm >/dev/null || $(call apt_install,npm,nodejs npm)
-	@rm -rf $(WEB) _build/npm && mkdir -p $(WEB)/mathjax $(WEB)/widgets _build/npm
+	@rm -rf $(WEB) $(WEB_EXTRA) _build/npm && mkdir -p $(WEB)/mathjax $(WEB)/widgets $(WEB_EXTRA)/book/@jupyter-widgets _build/npm
 	cd _build/npm && npm pack --loglevel=error --pack-destination . mathjax@$(MATHJAX_VERSION) \
 	  requirejs@$(REQUIREJS_VERSION) @jupyter-widgets/html-manager@$(HTML_MANAGER_VERSION) >/dev/null
 	tar -xzf _build/npm/mathjax-$(MATHJAX_VERSION).tgz -C $(WEB)/mathjax --strip-components=2 package/es5
@@ -63,6 +66,7 @@ $(WEB_STAMP): Makefile
 	tar -xzf _build/npm/jupyter-widgets-html-manager-$(HTML_MANAGER_VERSION).tgz -C $(WEB)/widgets \
 	  --strip-components=2 --wildcards package/dist/embed-amd.js 'package/dist/*.woff*' \
 	  'package/dist/*.ttf' 'package/dist/*.eot' 'package/dist/*.svg'
+	cp $(WEB)/widgets/*.woff* $(WEB)/widgets/*.ttf $(WEB)/widgets/*.eot $(WEB)/widgets/*.svg $(WEB_EXTRA)/book/@jupyter-widgets/
 	@printf '%s\n' "$$EMBED_SETUP_JS" > $(WEB)/widgets/embed-setup.js
 	@rm -rf _build/npm && touch $(WEB_STAMP)
 
