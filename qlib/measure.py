@@ -46,37 +46,53 @@ def fidelity(logits: torch.Tensor, ref_logits: torch.Tensor) -> dict:
 class Reference:
     """The FP model's outputs on the test split and on the fidelity set, computed once.
 
-    The fidelity set is every image of the data set except the calibration images (which are
-    drawn from train): labels are not needed to compare a variant with FP, so it can be ~6x
-    larger than the test split. ``fidelity_limit`` caps it (seeded subsample) for quick sweeps.
+    The fidelity set is the held-out images: validation + test. No variant calibrates or
+    fine-tunes on them, and the FP model was not trained on them. (Training images would
+    inflate agreement: the FP model has fitted them, and quantized models agree with it almost
+    everywhere there.) Labels are not needed to compare a variant with FP, so the set is
+    twice the test split. ``fidelity_limit`` caps it (seeded subsample) for quick sweeps; the
+    test split is always measured whole, for accuracy.
     """
 
-    def __init__(self, fp_model, splits: qdata.Splits, calib_idx=(), fidelity_limit: int | None = None,
-                 seed: int = 0):
+    def __init__(self, fp_model, splits: qdata.Splits, fidelity_limit: int | None = None, seed: int = 0):
+        if fidelity_limit is not None and (not isinstance(fidelity_limit, int) or fidelity_limit < 1):
+            raise ValueError(f"fidelity_limit={fidelity_limit!r}: expected None or an integer >= 1")
         self.splits = splits
-        calib = set(int(i) for i in calib_idx)
-        keep = [i for i in range(len(splits.train)) if i not in calib]
-        parts = [splits.train.subset(keep), splits.val, splits.test]
-        images = torch.cat([p.images for p in parts])
-        if fidelity_limit is not None and fidelity_limit < len(images):
+        held = torch.cat([splits.val.images, splits.test.images])
+        n_val, n_test = len(splits.val), len(splits.test)
+        fid = torch.arange(len(held))
+        if fidelity_limit is not None and fidelity_limit < len(held):
             g = torch.Generator().manual_seed(seed)
-            images = images[torch.randperm(len(images), generator=g)[:fidelity_limit]]
-        self.fid_set = qdata.Split(images, torch.zeros(len(images), dtype=torch.long),
-                                   ["-"] * len(images), ["-"] * len(images))
-        self.fp_test = predict(fp_model, splits.test)
-        self.fp_fid = predict(fp_model, self.fid_set)
+            fid = torch.randperm(len(held), generator=g)[:fidelity_limit].sort().values
+        test = torch.arange(n_val, n_val + n_test)
+        # one forward pass per variant over the images either measure needs
+        need = torch.unique(torch.cat([fid, test]))
+        self._fid_pos = torch.searchsorted(need, fid)
+        self._test_pos = torch.searchsorted(need, test)
+        self._needed = _unlabelled(held[need])
+        self.fid_set = _unlabelled(held[fid])
+        self.fp_test, self.fp_fid = self.logits(fp_model)
         self.fp = self.row(logits=(self.fp_test, self.fp_fid))
+
+    def logits(self, model) -> tuple:
+        """The model's (test logits, fidelity logits), from one pass over the images they need."""
+        out = predict(model, self._needed)
+        return out[self._test_pos], out[self._fid_pos]
 
     def row(self, model=None, logits=None) -> dict:
         """accuracy (+ 95% CI), agreement and KL to FP on the fidelity set, for a model or for
         precomputed (test logits, fidelity logits)."""
-        test, fid = logits if logits is not None else (predict(model, self.splits.test), predict(model, self.fid_set))
+        test, fid = logits if logits is not None else self.logits(model)
         t = self.splits.test
         acc, lo, hi = accuracy_ci(test.argmax(1), t.labels, t.groups)
         f = fidelity(fid, self.fp_fid)
         return {"accuracy": acc, "acc_lo": lo, "acc_hi": hi, "agreement": f["agreement"],
                 "kl": f["kl"], "test_agreement": fidelity(test, self.fp_test)["agreement"],
                 "n_test": len(t), "n_fidelity": len(fid)}
+
+
+def _unlabelled(images: torch.Tensor) -> qdata.Split:
+    return qdata.Split(images, torch.zeros(len(images), dtype=torch.long), ["-"] * len(images), ["-"] * len(images))
 
 
 def file_size_mb(path) -> float:

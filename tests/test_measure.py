@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from qlib import Config, measure, results
+from qlib import Config, measure, models, results
 from qlib import data as qdata
 
 
@@ -27,14 +27,35 @@ def test_fidelity_identity_and_flip():
     assert measure.fidelity(-z, z)["agreement"] < 0.5
 
 
-def test_reference_excludes_calibration_images(tmp_path):
+def close(a, b):
+    # the same images in batches of another size: equal up to float rounding of the matmul
+    return torch.allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_reference_measures_held_out_images_only(tmp_path):
     cfg = Config.from_env(smoke=True, cache_dir=str(tmp_path))
     s = qdata.load(cfg)
     m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 29)).eval()
-    ref = measure.Reference(m, s, calib_idx=range(10))
-    assert len(ref.fid_set) == sum(len(x) for _, x in s) - 10
+    ref = measure.Reference(m, s)
+    assert len(ref.fid_set) == len(s.val) + len(s.test)
+    assert torch.equal(ref.fid_set.images, torch.cat([s.val.images, s.test.images]))
     row = ref.row(m)
     assert row["agreement"] == 1.0 and row["n_test"] == len(s.test)
+    # the one-pass logits equal separate passes over the test split and the fidelity set
+    test, fid = ref.logits(m)
+    assert close(test, models.predict(m, s.test)) and close(fid, models.predict(m, ref.fid_set))
+
+
+def test_reference_subsample_keeps_the_whole_test_split(tmp_path):
+    cfg = Config.from_env(smoke=True, cache_dir=str(tmp_path))
+    s = qdata.load(cfg)
+    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 29)).eval()
+    ref = measure.Reference(m, s, fidelity_limit=7, seed=3)
+    assert len(ref.fid_set) == 7 and len(ref.fp_test) == len(s.test)
+    test, fid = ref.logits(m)
+    assert close(fid, models.predict(m, ref.fid_set)) and close(test, models.predict(m, s.test))
+    with pytest.raises(ValueError, match="fidelity_limit=0"):
+        measure.Reference(m, s, fidelity_limit=0)
 
 
 def test_latency_protocol():

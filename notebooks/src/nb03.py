@@ -46,7 +46,7 @@ split = None
 seed = None
 smoke = None
 bits_list = [8, 6, 4, 3, 2]
-fidelity_limit = None   # None: every image not used for calibration
+fidelity_limit = None   # None: every validation and test image
 """),
 code("""
 import copy
@@ -63,8 +63,8 @@ splits = qdata.load(cfg)
 plots.header(cfg, splits)
 fp, _ = models.baseline(cfg, splits)
 calib_x, calib_idx = calib.sample(splits, cfg.calib_size, cfg.seed)
-ref = measure.Reference(fp, splits, calib_idx, fidelity_limit=fidelity_limit)
-print(f"FP32: test accuracy {ref.fp['accuracy']:.2%}; fidelity set {ref.fp['n_fidelity']} images")
+ref = measure.Reference(fp, splits, fidelity_limit=fidelity_limit)
+print(f"FP32: test accuracy {ref.fp['accuracy']:.2%}; fidelity set (validation + test, held out) {ref.fp['n_fidelity']} images")
 """),
 md("""
 ## The quantizer as a figure
@@ -104,7 +104,10 @@ Every `Conv2d` and `Linear` quantized with RTN, per-channel and per-tensor, at 8
 bits; and the common variant that keeps the first conv and the classifier at 8 bits. Size is
 the real file written by `qlib.export.save` (packed codes + float16 scales + the float BN
 parameters). Accuracy is on the test split; agreement and KL are measured against the FP32
-model on the fidelity set.
+model on the *fidelity set*: the validation and test images. They are held out — the FP model
+was not trained on them and no variant calibrates on them — and labels are not needed to compare
+with FP, so the set is twice the test split. (Training images would flatter every variant: the FP
+model has fitted them, and a quantized model agrees with it almost everywhere there.)
 """),
 code("""
 sweep = []

@@ -69,7 +69,7 @@ seed = None
 smoke = None
 bits_list = [8, 4, 3, 2]
 group_size = 64
-ablation_limit = 3000   # fidelity images for the sweep and ablations
+ablation_limit = None   # fidelity images for the sweep and ablations (None: all of them)
 fidelity_limit = None   # None: the full fidelity set for the headline rows
 """),
 code("""
@@ -87,8 +87,8 @@ splits = qdata.load(cfg)
 plots.header(cfg, splits)
 fp, _ = models.baseline(cfg, splits)
 calib_x, calib_idx = calib.sample(splits, cfg.calib_size, cfg.seed)
-ref = measure.Reference(fp, splits, calib_idx, fidelity_limit=fidelity_limit)
-fast = measure.Reference(fp, splits, calib_idx, fidelity_limit=ablation_limit)
+ref = measure.Reference(fp, splits, fidelity_limit=fidelity_limit)
+fast = ref if ablation_limit == fidelity_limit else measure.Reference(fp, splits, fidelity_limit=ablation_limit)
 print(f"FP32: test accuracy {ref.fp['accuracy']:.2%}; fidelity set {ref.fp['n_fidelity']} images (sweeps: {fast.fp['n_fidelity']})")
 """),
 md("""
@@ -100,8 +100,8 @@ group divides: `rtn` and `gptq` refuse such a setting with a `ValueError` rather
 change it, so the group variants keep `conv1` at 8 bits per channel (`keep_8bit=("conv1",)`).
 GPTQ: 256 calibration images from the train split, 1% dampening, blocks of 128, sequential,
 act-order (with static groups when there are groups; the ablations below show what act-order
-buys). Symmetric codes, min-max ranges. Agreement and KL on a subsample of the fidelity set
-(`ablation_limit` images).
+buys). Symmetric codes, min-max ranges. Agreement and KL on the fidelity set (a subsample of
+`ablation_limit` images if that parameter is set).
 """),
 code("""
 if cfg.smoke:
@@ -222,7 +222,7 @@ md("""
 ## Ablations at 2 bits: act-order, dampening, calibration size
 
 Per channel, all layers at 2 bits (the hardest per-channel setting), one knob changed at a time
-from the chapter's default (act-order, 1% dampening, 256 images). Agreement on `ablation_limit` images.
+from the chapter's default (act-order, 1% dampening, 256 images). Agreement on the fidelity set (or `ablation_limit` images of it).
 """),
 code("""
 from dataclasses import replace
@@ -365,14 +365,15 @@ md("""
 ## Saved variants and result rows
 
 The recommended variant (W4 per channel: lossless, 7x smaller than FP32) and the most aggressive
-per-channel one that stays within 1 point of FP32 are saved for the benchmark. The per-channel
-rows are re-measured on the full fidelity set.
+per-channel one that stays within 1 point of FP32 are saved for the benchmark (if the sweep ran on
+a subsample, `ablation_limit`, the per-channel rows are re-measured on the full fidelity set).
 """),
 code("""
 ch = sweep_df[(sweep_df.granularity == "channel")].copy()
-for i, r in ch.iterrows():
-    for k, v in ref.row(qmodels[r.method, r.bits, "channel"]).items():
-        ch.at[i, k] = v
+if fast is not ref:  # the sweep ran on a subsample: re-measure on the full set
+    for i, r in ch.iterrows():
+        for k, v in ref.row(qmodels[r.method, r.bits, "channel"]).items():
+            ch.at[i, k] = v
 okbits = ch.query("method == 'gptq'").loc[lambda d: ref.fp["accuracy"] - d.accuracy <= 0.01, "bits"]
 saved = {b: f"gptq_w{b}" for b in {4 if 4 in bits_list else max(bits_list), int(okbits.min())}}
 for b, name in saved.items():

@@ -68,7 +68,7 @@ seed = None
 smoke = None
 bits_list = [4, 3, 2]        # per-channel settings
 group_setting = [2, 64]      # (bits, group size); conv1 (147 columns) stays at 8 bits there
-fidelity_limit = 3000        # sweeps: agreement / KL on this many fidelity images
+fidelity_limit = None        # agreement / KL on this many fidelity images (None: all)
 seed_limit = 1000            # the seed's (alpha, s) grid: on this many fidelity images
 """),
 code("""
@@ -88,7 +88,7 @@ plots.header(cfg, splits)
 fp, _ = models.baseline(cfg, splits)
 calib_x, calib_idx = calib.sample(splits, cfg.calib_size, cfg.seed)
 held_x = qdata.to_float(splits.val.images[torch.randperm(len(splits.val), generator=torch.Generator().manual_seed(1))[:256]])
-ref = measure.Reference(fp, splits, calib_idx, fidelity_limit=fidelity_limit)
+ref = measure.Reference(fp, splits, fidelity_limit=fidelity_limit)
 print(f"FP32: test accuracy {ref.fp['accuracy']:.2%}; fidelity set {ref.fp['n_fidelity']} images; held-out (val) {len(held_x)}")
 """),
 md(r"""
@@ -258,7 +258,7 @@ relative to $\alpha = 0$), whose float model is the baseline at every α.
 """),
 code("""
 act = awq.output_absmean(fp, calib_x)
-ref_seed = measure.Reference(fp, splits, calib_idx, fidelity_limit=seed_limit)
+ref_seed = measure.Reference(fp, splits, fidelity_limit=seed_limit)
 alphas, ss = (awq.SEED_ALPHAS, awq.SEED_S) if not cfg.smoke else ((0.1, 0.5), (1.25, 2.0))
 agree = lambda m: measure.fidelity(models.predict(m, ref_seed.fid_set), ref_seed.fp_fid)["agreement"]
 seed_q = pd.DataFrame([[agree(awq.seed_paper_awq(fp, act, a, s)) for s in ss] for a in alphas], index=alphas, columns=ss)

@@ -98,7 +98,7 @@ fp, _ = models.baseline(cfg, splits)
 calib_x, calib_idx = calib.sample(splits, cfg.calib_size, cfg.seed)
 if cfg.smoke:  # the same cells on fewer settings
     alphas, act_bits_list, latency_runs, sweep_limit = [0.0, 1.0], [8, 4], 2, 200
-ref_s = measure.Reference(fp, splits, calib_idx, fidelity_limit=sweep_limit)
+ref_s = measure.Reference(fp, splits, fidelity_limit=sweep_limit)
 stats = calib.input_stats(fp, calib_x)
 print(f"FP32 test accuracy {ref_s.fp['accuracy']:.2%}; {len(calib_x)} calibration images (train split)")
 """),
@@ -150,7 +150,7 @@ md("""
 
 W8A8, W8A6 and W8A4, without smoothing and with smoothing at each $\\alpha$ of the grid, in both
 folding modes. Accuracy is on the full test split; agreement with FP32 on a subsample of the
-fidelity set (`sweep_limit` images, none from the calibration set).
+fidelity set (`sweep_limit` validation and test images).
 """),
 code("""
 base_rows, sweep_rows = [], []
@@ -213,7 +213,7 @@ agreement use the full fidelity set; size is the real file; latency follows the 
 timings are noisy; chapter 08 re-times every saved variant interleaved.
 """),
 code("""
-ref = measure.Reference(fp, splits, calib_idx)
+ref = measure.Reference(fp, splits)
 sc = sq.search(fp, calib_x, sq.SmoothSettings(alpha, mode), stats)
 smooth = sq.apply(fp, sc)
 engine = {"int8_ptq": int8.convert(fp, calib_x, observer=observer),
