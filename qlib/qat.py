@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,6 +81,10 @@ class QATSettings:
     w_bits / a_bits: weight and activation bits (``a_bits=None``: float activations, LSQ
     only); int8 QAT needs 8/8. freeze_epochs: last epochs with observers and BN statistics
     frozen (int8 QAT). distill: weight of the KD loss to the FP outputs in [0, 1].
+    mixup: Beta(mixup, mixup) parameter of input mixup (0: off) — each batch is blended with a
+    shuffled copy of itself, ``x = lam*x + (1-lam)*x[perm]``, and the cross-entropy mixes the two
+    labels alike; the blends are images the FP model was not fitted on, so with ``distill`` the
+    teacher's outputs on them carry information its outputs on the training images do not.
     w_range: LSQ weight-step initialisation without an init model (``quant.find_params``
     range: "mse" search of the clipping ratio, or "minmax"). keep_8bit: LSQ layers whose
     weight and input stay at 8 bits (e.g. ``("conv1", "fc")``: the stem reads the image).
@@ -96,6 +101,7 @@ class QATSettings:
     freeze_epochs: int = 1
     max_steps: Optional[int] = None
     distill: float = 0.0
+    mixup: float = 0.0
     temperature: float = 1.0
     w_range: str = "mse"
     keep_8bit: tuple = ()
@@ -113,6 +119,7 @@ class QATSettings:
         _check_int("freeze_epochs", self.freeze_epochs, 0, self.epochs)
         _check_int("max_steps", self.max_steps, 1, allow_none=True)
         _check_float("distill", self.distill, 0.0, 1.0, lo_open=False)
+        _check_float("mixup", self.mixup, 0.0, 10.0, lo_open=False)
         _check_float("temperature", self.temperature, 0.0, 100.0)
         if isinstance(self.keep_8bit, str) or not isinstance(self.keep_8bit, tuple) or \
                 not all(isinstance(k, str) for k in self.keep_8bit):
@@ -134,8 +141,10 @@ def _device(device):
     return torch.device(device)
 
 
-def _loss(out, y, teacher_out, s: QATSettings):
+def _loss(out, y, teacher_out, s: QATSettings, y2=None, lam=1.0):
     loss = F.cross_entropy(out, y, label_smoothing=s.label_smoothing)
+    if y2 is not None:
+        loss = lam * loss + (1 - lam) * F.cross_entropy(out, y2, label_smoothing=s.label_smoothing)
     if teacher_out is None or s.distill == 0:
         return loss
     t = s.temperature
@@ -166,6 +175,7 @@ def _fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / total)))
     gen = torch.Generator().manual_seed(s.seed)
+    mix_rng = np.random.default_rng(s.seed)
     hist = {"epoch": [], "train_loss": [], "train_acc": [], "val_acc": [], "lr": [],
             "seconds": [], "steps": []}
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, mininterval=2)
@@ -180,12 +190,17 @@ def _fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True
             if steps >= per_epoch:
                 break
             x, y = models.augment(x, gen).to(device), y.to(device)
+            y2, lam = None, 1.0
+            if s.mixup > 0:
+                lam = float(mix_rng.beta(s.mixup, s.mixup))
+                perm = torch.randperm(len(y), generator=gen).to(device)
+                x, y2 = lam * x + (1 - lam) * x[perm], y[perm]
             t_out = None
             if teacher is not None and s.distill > 0:
                 with torch.no_grad():
                     t_out = teacher(x)
             out = model(x)
-            loss = _loss(out, y, t_out, s)
+            loss = _loss(out, y, t_out, s, y2, lam)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

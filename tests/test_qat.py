@@ -136,6 +136,15 @@ def test_lsq_w4a8_runs_on_the_int8_engine(fp, splits, x):
         assert q(x).shape == (8, NUM_CLASSES)
 
 
+def test_mixup_distillation_is_seeded_and_moves_the_model(fp, splits, x):
+    s = QATSettings(epochs=1, w_bits=4, a_bits=8, distill=1.0, mixup=0.4, **FAST)
+    runs = [qat.lsq_train(fp, splits, s, calib_x=x, progress=False)[0] for _ in range(2)]
+    start = qat.lsq_model(fp, s, calib_x=x)
+    a, b, s0 = (r.state_dict() for r in (*runs, start))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same blends, same model
+    assert any(not torch.equal(a[k], s0[k]) for k in a)  # and it trained
+
+
 # ---- int8 QAT -------------------------------------------------------------------------
 
 def test_int8_qat_converts_and_runs(fp, splits, x, tmp_path):
@@ -175,6 +184,7 @@ def test_observers_can_be_frozen(fp, x):
     (dict(epochs=2, freeze_epochs=3), "freeze_epochs=3"), (dict(lr=0), "lr=0"),
     (dict(lr=-1e-3), "lr=-0.001"), (dict(batch_size=0), "batch_size=0"),
     (dict(max_steps=0), "max_steps=0"), (dict(distill=1.5), "distill=1.5"),
+    (dict(mixup=-0.2), "mixup=-0.2"),
     (dict(w_range="l1"), "w_range='l1'"), (dict(keep_8bit="fc"), "keep_8bit='fc'"),
 ])
 def test_bad_settings_raise(kw, name):
