@@ -81,7 +81,7 @@ if len(df):  # rows without a label (chapter 03's RTN sweep) get one
     df["label"] = df["label"].fillna(df["method"].str.upper() + " W" + df["bits"].astype("Int64").astype(str) + " " + df.get("granularity", pd.Series("", index=df.index)).fillna(""))
 def main_rows(d):
     \"\"\"A method's own variants: no sweep points, no ablation variants (AWQ's 'scales only', RTN's weight-error
-    clipping) and not chapter 07's PTQ starting points, whose agreement is measured on val + test only.\"\"\"
+    clipping) and not chapter 07's PTQ starting points (GPTQ weights again, the A4 ones with per-tensor steps no engine here runs).\"\"\"
     keep = pd.Series(True, index=d.index)
     if "sweep" in d:
         keep &= ~d["sweep"].astype("boolean").fillna(False).astype(bool)
@@ -101,6 +101,7 @@ digit by digit. Our CPU time is per batch of 64 images at the book's image size,
 """),
 code("""
 def pick(rows, rule):
+    \"\"\"The smallest file among ``rows`` that satisfy ``rule`` (None if none does).\"\"\"
     ok = rows[rule(rows)]
     return ok.sort_values("size_mb").iloc[0] if len(ok) else None
 
@@ -195,8 +196,7 @@ def best(method, rule=lambda r: r["accuracy"] >= fp_acc - 0.01, weight_only=True
     rows = main_rows(df[df["method"] == method]).dropna(subset=["size_mb"])
     if weight_only:
         rows = rows[(rows.get("engine", "float") == "float") & (rows.get("act_bits", 32).fillna(32) >= 32)]
-    ok = rows[rule(rows)]
-    return ok.sort_values("size_mb").iloc[0] if len(ok) else None
+    return pick(rows, rule)
 
 lines = []
 g, a = best("gptq"), best("awq")
