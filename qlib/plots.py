@@ -332,25 +332,32 @@ def pareto_front(x, y):
 
 def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = True, title: str = "",
              fp_y=None, front: str = "min"):
-    """Every variant a point (colour: method), with the Pareto front drawn through the best."""
+    """Every variant a point (colour: method), with the Pareto front drawn through the best;
+    the front's points are numbered and named in a key beside the axes (labels at the points
+    collide where the front is dense)."""
     d = df.dropna(subset=[x, y]).reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(9, 5.2))
+    fig, ax = plt.subplots(figsize=(11, 5.2))
     hidden = 0
     if fp_y is not None and y in ("accuracy", "agreement"):  # zoom on the variants that work
         floor = (fp_y if y == "accuracy" else 1.0) - 0.12
         hidden = int((d[y] < floor).sum())
         ax.set_ylim(floor * 100, max(d[y].max(), fp_y if y == "accuracy" else 1.0) * 100 + 1.0)
-    for method, g in d.groupby("method"):
+    groups = sorted(d.groupby("method"), key=lambda mg: -len(mg[1]))  # small groups drawn on top
+    for z, (method, g) in enumerate(groups):
         ax.scatter(g[x], g[y] * 100, color=_method_color(method), label=method, s=28, alpha=0.85,
-                   edgecolor="white", linewidth=0.5)
+                   edgecolor="white", linewidth=0.5, zorder=2 + z)
     xs = d[x].to_numpy() if front == "min" else -d[x].to_numpy()
     idx = pareto_front(xs, d[y].to_numpy())
     fr = d.iloc[idx].sort_values(x)
     ax.plot(fr[x], fr[y] * 100, color="k", lw=1, ls="--", label="Pareto front")
-    for i, (_, r) in enumerate(fr.iterrows()):
-        ax.annotate(str(r.get("label", r["method"])), (r[x], r[y] * 100), fontsize=7, rotation=20,
-                    xytext=(4, 10 if i % 2 else -16), textcoords="offset points",
-                    arrowprops=dict(arrowstyle="-", lw=0.4, color="#777777"))
+    key = []
+    for i, (_, r) in enumerate(fr.iterrows(), 1):
+        ax.annotate(str(i), (r[x], r[y] * 100), fontsize=7, xytext=(-3, 6 if i % 2 else -12),
+                    textcoords="offset points", fontweight="bold", zorder=20)
+        value = f"{r[x]:.2f} MB" if "mb" in x else f"{r[x]:.3g}"
+        key.append(f"{i}  {r.get('label', r['method'])}  ({value}, {r[y]:.1%})")
+    ax.text(1.02, 1.0, "Pareto front\n" + "\n".join(key), transform=ax.transAxes, fontsize=7,
+            va="top", ha="left", family="monospace")
     if fp_y is not None:
         ax.axhline(fp_y * 100, color=PALETTE["fp32"], lw=0.8, ls=":", label="FP32")
     if logx:
@@ -363,7 +370,7 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel({"accuracy": "test accuracy (%)", "agreement": "top-1 agreement with FP32 (%)"}.get(y, y))
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
     return fig
 
