@@ -175,12 +175,21 @@ code("""
 from qlib import calib, quant, gptq, awq, smoothquant, int8
 var = []
 ref = measure.Reference(fp, splits, fidelity_limit=fidelity_limit)  # held out: the same for every calibration seed
+def chapter_settings(variant, **default):
+    \"\"\"The settings chapter 06 recorded for a saved variant (so the seeds vary only the calibration sample).\"\"\"
+    hit = df[df["variant_file"] == variant] if len(df) and "variant_file" in df else df.iloc[0:0]
+    got = hit["settings"].iloc[0] if len(hit) and isinstance(hit["settings"].iloc[0], dict) else {}
+    return {k: got.get(k, v) for k, v in default.items()}
+ptq_set = chapter_settings("int8_ptq", observer="histogram")
+sq_set = chapter_settings("sq_w8a8", observer="histogram", alpha=0.5, mode="bn")
+print("int8 PTQ:", ptq_set, "· SmoothQuant W8A8:", sq_set)
 for s in calib_seeds:
     x, idx = calib.sample(splits, cfg.calib_size, s)
     runs = {"GPTQ W2 per-channel": lambda: gptq.quantize_model(fp, x, gptq.GPTQSettings(quant=quant.QuantSettings(bits=2), act_order=True), progress=False)[0],
             "AWQ W3 per-channel": lambda: awq.apply(fp, awq.search(fp, x, awq.AWQSettings(quant=quant.QuantSettings(bits=3))), awq.AWQSettings(quant=quant.QuantSettings(bits=3))),
-            "int8 static PTQ (int8 engine)": lambda: int8.convert(fp, x),
-            "SmoothQuant W8A8 (int8 engine)": lambda: int8.convert(smoothquant.apply(fp, smoothquant.search(fp, x)), x)}
+            "int8 static PTQ (int8 engine)": lambda: int8.convert(fp, x, observer=ptq_set["observer"]),
+            "SmoothQuant W8A8 (int8 engine)": lambda: int8.convert(smoothquant.apply(fp, smoothquant.search(
+                fp, x, smoothquant.SmoothSettings(sq_set["alpha"], sq_set["mode"]))), x, observer=sq_set["observer"])}
     for name, make in runs.items():
         var.append({"method": name, "calib_seed": s, **ref.row(make())})
 var = pd.DataFrame(var)
