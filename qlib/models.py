@@ -100,8 +100,10 @@ def train(model: torch.nn.Module, splits: qdata.Splits, cfg: Config, epochs: int
     r = RECIPE
     lr = r["lr"] if lr is None else lr
     device = cfg.torch_device
-    bf16 = mixed_precision(device) == "bf16-mixed"
+    precision = mixed_precision(device)
+    bf16 = precision == "bf16-mixed"
     fmt = torch.channels_last if bf16 else torch.contiguous_format
+    device_type = torch.device(device).type
     model.to(device, memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=r["momentum"],
                           weight_decay=r["weight_decay"], nesterov=r["nesterov"])
@@ -118,7 +120,7 @@ def train(model: torch.nn.Module, splits: qdata.Splits, cfg: Config, epochs: int
         t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
         for x, y in qdata.batches(splits.train, r["batch_size"], shuffle=True, seed=cfg.seed * 1000 + ep):
             x, y = augment(x, gen).to(device, memory_format=fmt), y.to(device)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(x)
             loss = F.cross_entropy(out.float(), y, label_smoothing=r["label_smoothing"])
             opt.zero_grad(set_to_none=True)
@@ -139,7 +141,7 @@ def train(model: torch.nn.Module, splits: qdata.Splits, cfg: Config, epochs: int
         bar.set_postfix(epoch=ep + 1, loss=f"{loss_sum / seen:.3f}", val=f"{val:.3f}")
     bar.close()
     model.to(memory_format=torch.contiguous_format).eval()  # as a loaded checkpoint: same speed
-    hist["precision"] = "bf16-mixed" if bf16 else "fp32"
+    hist["precision"] = precision
     return hist
 
 
