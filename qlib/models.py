@@ -131,7 +131,8 @@ def train(model: torch.nn.Module, splits: qdata.Splits, cfg: Config, epochs: int
             correct += (out.argmax(1) == y).sum().item()
             seen += len(y)
             bar.update(1)
-        val = evaluate(model, splits.val)["accuracy"]
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):  # a curve only
+            val = evaluate(model, splits.val)["accuracy"]
         hist["epoch"].append(ep + 1)
         hist["train_loss"].append(loss_sum / seen)
         hist["train_acc"].append(correct / seen)
@@ -146,7 +147,7 @@ def train(model: torch.nn.Module, splits: qdata.Splits, cfg: Config, epochs: int
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, split: qdata.Split, batch_size: int = 256) -> torch.Tensor:
+def predict(model: torch.nn.Module, split: qdata.Split, batch_size: int = 64) -> torch.Tensor:
     """Logits of a model on a split (float32, CPU)."""
     model.eval()
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -155,7 +156,7 @@ def predict(model: torch.nn.Module, split: qdata.Split, batch_size: int = 256) -
 
 
 def evaluate(model: torch.nn.Module, split: qdata.Split, num_classes: int | None = None,
-             batch_size: int = 256) -> dict:
+             batch_size: int = 64) -> dict:
     """Top-1 accuracy, per-class accuracy, confusion matrix (rows: true class) and logits."""
     logits = predict(model, split, batch_size)
     k = num_classes or logits.shape[1]

@@ -422,6 +422,9 @@ def qat_vs_ptq(df, title: str = "What training buys: agreement with FP32, PTQ vs
     ax.set_xticks(range(len(configs)), configs)
     ax.set_ylabel("disagreement with FP32 (%)")
     ax.set_yscale("log")
+    plain = plt.FuncFormatter(lambda v, _: f"{v:g}")  # 3, not 3x10^0
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "235" else ""))
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
