@@ -15,6 +15,13 @@ MATHJAX_VERSION := 3.2.2
 REQUIREJS_VERSION := 2.3.8
 HTML_MANAGER_VERSION := 1.0.15
 export PATH := $(abspath $(BIN)):$(PATH)
+# The chapters run with notebooks/ as their working directory: a relative QLIB_DATA folder
+# (e.g. ../data/traffic-signs) is made absolute here; keywords (gtsrb, synthetic) pass as they are.
+ifneq ($(strip $(QLIB_DATA)),)
+ifneq ($(wildcard $(QLIB_DATA)),)
+export QLIB_DATA := $(abspath $(QLIB_DATA))
+endif
+endif
 
 .PHONY: book notebooks html web browser test unit nbval clean venv
 

@@ -72,12 +72,20 @@ def _check_float(name, v, lo, hi, lo_open=True):
         raise ValueError(f"{name}={v!r}: expected a number in {br}{lo}, {hi}] (QATSettings.{name})")
 
 
+OPTIMIZERS = ("sgd", "adam")
+
+
 @dataclass(frozen=True)
 class QATSettings:
     """Fine-tuning settings shared by int8 QAT and LSQ.
 
     epochs: passes over the train split (``max_steps`` caps the optimizer steps of each pass
-    for time-boxed runs). lr: SGD (momentum) learning rate, cosine-decayed to 0.
+    for time-boxed runs). lr: learning rate of the weights and biases, cosine-decayed to 0.
+    optimizer: "sgd" (momentum) or "adam". step_lr: learning rate of the learned LSQ steps
+    (None: ``lr``). With SGD a step's gradient — scaled by LSQ's g — is far smaller than a
+    weight's, so at a weight's learning rate the steps barely move in a short fine-tune; Adam
+    normalises every parameter's update, so a step moves by ~``step_lr`` (relative to a step of
+    ~0.01-1) and a weight by ~``lr`` whatever their gradients' scales.
     w_bits / a_bits: weight and activation bits (``a_bits=None``: float activations, LSQ
     only); int8 QAT needs 8/8. freeze_epochs: last epochs with observers and BN statistics
     frozen (int8 QAT). distill: weight of the KD loss to the FP outputs in [0, 1].
@@ -96,6 +104,8 @@ class QATSettings:
     a_bits: Optional[int] = 8
     batch_size: int = 128
     momentum: float = 0.9
+    optimizer: str = "sgd"
+    step_lr: Optional[float] = None
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     freeze_epochs: int = 1
@@ -114,6 +124,11 @@ class QATSettings:
         _check_int("a_bits", self.a_bits, 2, 8, allow_none=True)
         _check_int("batch_size", self.batch_size, 1)
         _check_float("momentum", self.momentum, 0.0, 0.999, lo_open=False)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r}: expected one of {OPTIMIZERS} "
+                             "(QATSettings.optimizer)")
+        if self.step_lr is not None:
+            _check_float("step_lr", self.step_lr, 0.0, 10.0)
         _check_float("weight_decay", self.weight_decay, 0.0, 1.0, lo_open=False)
         _check_float("label_smoothing", self.label_smoothing, 0.0, 0.5, lo_open=False)
         _check_int("freeze_epochs", self.freeze_epochs, 0, self.epochs)
@@ -155,7 +170,8 @@ def _loss(out, y, teacher_out, s: QATSettings, y2=None, lam=1.0):
 
 def _fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True, desc="QAT",
          on_epoch=None, after_step=None, evaluate=None):
-    """SGD with momentum, cosine LR over all steps, ``models.augment``; returns the curves."""
+    """SGD with momentum or Adam, cosine LR over all steps, ``models.augment``; returns the
+    curves."""
     from tqdm.auto import tqdm
 
     device = _device(device)
@@ -166,12 +182,15 @@ def _fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True
     per_epoch = n_batches if s.max_steps is None else min(n_batches,
                                                           math.ceil(s.max_steps / s.epochs))
     total = per_epoch * s.epochs
-    decay, no_decay = [], []
+    decay, no_decay, steps_ = [], [], []
     for name, p in model.named_parameters():
-        (decay if p.dim() > 1 and not name.endswith("step") else no_decay).append(p)
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": s.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=s.lr, momentum=s.momentum)
+        (steps_ if name.endswith("_step") else decay if p.dim() > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": s.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0},
+              {"params": steps_, "weight_decay": 0.0, "lr": s.lr if s.step_lr is None else s.step_lr}]
+    groups = [g for g in groups if g["params"]]
+    opt = (torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum) if s.optimizer == "sgd"
+           else torch.optim.Adam(groups, lr=s.lr))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / total)))
     gen = torch.Generator().manual_seed(s.seed)

@@ -122,6 +122,24 @@ def test_lsq_starts_from_the_init_solution_and_exports_bit_exact(fp, splits, x, 
         qat.lsq_model(fp, s, init_model=bad)
 
 
+def test_adam_moves_the_activation_steps_by_their_own_learning_rate(fp, splits, x):
+    """With Adam the learned steps move by ~step_lr per update whatever the scale of their
+    (g-scaled) gradients; a zero-ish step_lr keeps them where they started."""
+    init = quant.fold_batchnorm(fp)
+    for _, mod in init.named_modules():
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+            export.attach(mod, quant.quantize(mod.weight, QuantSettings(bits=4)))
+    moved = {}
+    for step_lr in (1e-9, 1e-2):
+        s = QATSettings(epochs=1, w_bits=4, a_bits=4, optimizer="adam", lr=1e-9, step_lr=step_lr, **FAST)
+        before = qat.act_steps(qat.lsq_model(fp, s, init_model=init, calib_x=x))
+        m, _ = qat.lsq_train(fp, splits, s, init_model=init, calib_x=x, progress=False)
+        after = qat.act_steps(m)
+        moved[step_lr] = max(abs(after[n][0] - before[n][0]) for n in before)
+    assert moved[1e-9] < 1e-6
+    assert moved[1e-2] > 1e-3
+
+
 def test_lsq_w4a8_runs_on_the_int8_engine(fp, splits, x):
     s = QATSettings(epochs=1, w_bits=4, a_bits=8, distill=0.5, **FAST)
     m, _ = qat.lsq_train(fp, splits, s, calib_x=x, progress=False)
@@ -184,7 +202,8 @@ def test_observers_can_be_frozen(fp, x):
     (dict(epochs=2, freeze_epochs=3), "freeze_epochs=3"), (dict(lr=0), "lr=0"),
     (dict(lr=-1e-3), "lr=-0.001"), (dict(batch_size=0), "batch_size=0"),
     (dict(max_steps=0), "max_steps=0"), (dict(distill=1.5), "distill=1.5"),
-    (dict(mixup=-0.2), "mixup=-0.2"),
+    (dict(mixup=-0.2), "mixup=-0.2"), (dict(optimizer="rmsprop"), "optimizer='rmsprop'"),
+    (dict(step_lr=0.0), "step_lr=0.0"),
     (dict(w_range="l1"), "w_range='l1'"), (dict(keep_8bit="fc"), "keep_8bit='fc'"),
 ])
 def test_bad_settings_raise(kw, name):
