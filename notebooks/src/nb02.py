@@ -36,7 +36,7 @@ seed = None
 smoke = None
 epochs = None             # default 15 (1 in smoke mode)
 compare_export_split = True  # also train on the export's own (leaky) split, as the seed paper did
-export_epochs = 5         # ... for this many epochs (a third of the budget keeps `make book` short)
+export_epochs = 3         # ... for this many epochs (a fifth of the budget keeps `make book` short)
 """),
 code("""
 import copy, os, tempfile, time
@@ -92,7 +92,7 @@ md("""
 
 The seed paper trained and tested on the export's own folders, whose test images share their
 tracks with training (chapter 1). Here a second model is trained with the same recipe on those
-folders — for `export_epochs` epochs only, a third of the baseline's budget, which only makes the
+folders — for `export_epochs` epochs only, a fifth of the baseline's budget, which only makes the
 comparison harder for the leaky split — and its test accuracy is split by whether the test
 image's track has frames in its training set.
 """),

@@ -69,7 +69,7 @@ smoke = None
 bits_list = [4, 3, 2]        # per-channel settings
 group_setting = [2, 64]      # (bits, group size); conv1 (147 columns) stays at 8 bits there
 fidelity_limit = None        # agreement / KL on this many fidelity images (None: all)
-seed_limit = 1000            # the seed's (alpha, s) grid: on this many fidelity images
+seed_limit = 500             # the seed's (alpha, s) grid: on this many fidelity images
 """),
 code("""
 import copy, time, dataclasses

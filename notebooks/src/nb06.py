@@ -75,7 +75,7 @@ split = None
 seed = None
 smoke = None
 alphas = [0.0, 0.25, 0.5, 0.75, 1.0]   # the alpha grid of the fake-quant sweeps
-act_bits_list = [8, 6, 4]
+act_bits_list = [8, 4]
 sweep_limit = 1000      # fidelity images for the sweeps (the headline rows use all of them)
 observer = "histogram"  # activation observer of the int8 engine (torch's default for x86)
 latency_runs = 10
@@ -148,7 +148,7 @@ display(Markdown(
 md("""
 ## Accuracy and agreement vs $\\alpha$ (fake quant)
 
-W8A8, W8A6 and W8A4, without smoothing and with smoothing at each $\\alpha$ of the grid, in both
+W8A8 and W8A4, without smoothing and with smoothing at each $\\alpha$ of the grid, in both
 folding modes. Accuracy is on the full test split; agreement with FP32 on a subsample of the
 fidelity set (`sweep_limit` validation and test images).
 """),
