@@ -330,6 +330,13 @@ def pareto_front(x, y):
     return front
 
 
+def _plain_log_ticks(axis) -> None:
+    """Label a log axis with plain numbers (3, not 3x10^0): every decade, and the 2, 3 and 5
+    minor ticks."""
+    axis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "235" else ""))
+
+
 def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = True, title: str = "",
              fp_y=None, front: str = "min"):
     """Every variant a point (colour: method), with the Pareto front drawn through the best;
@@ -362,8 +369,7 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
         ax.axhline(fp_y * 100, color=PALETTE["fp32"], lw=0.8, ls=":", label="FP32")
     if logx:
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "235" else ""))
+        _plain_log_ticks(ax.xaxis)
     if hidden:
         ax.text(0.01, 0.01, f"{hidden} variants lie below this range (see the chapters)", transform=ax.transAxes,
                 fontsize=7, color="#555555")
@@ -422,9 +428,7 @@ def qat_vs_ptq(df, title: str = "What training buys: agreement with FP32, PTQ vs
     ax.set_xticks(range(len(configs)), configs)
     ax.set_ylabel("disagreement with FP32 (%)")
     ax.set_yscale("log")
-    plain = plt.FuncFormatter(lambda v, _: f"{v:g}")  # 3, not 3x10^0
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "235" else ""))
+    _plain_log_ticks(ax.yaxis)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

@@ -99,11 +99,17 @@ def test_steps_receive_gradients_and_stay_positive(fp, x):
 
 # ---- LSQ models -----------------------------------------------------------------------
 
-def test_lsq_starts_from_the_init_solution_and_exports_bit_exact(fp, splits, x, tmp_path):
-    init = quant.fold_batchnorm(fp)  # an RTN W4 solution as the init model
+def _rtn_w4(fp):
+    """The BN-folded model with RTN W4 codes attached: an init model for LSQ."""
+    init = quant.fold_batchnorm(fp)
     for _, mod in init.named_modules():
         if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
             export.attach(mod, quant.quantize(mod.weight, QuantSettings(bits=4)))
+    return init
+
+
+def test_lsq_starts_from_the_init_solution_and_exports_bit_exact(fp, splits, x, tmp_path):
+    init = _rtn_w4(fp)  # an RTN W4 solution as the init model
     s = QATSettings(epochs=1, w_bits=4, a_bits=None, **FAST)
     m0 = qat.lsq_model(fp, s, init_model=init)
     with torch.no_grad():
@@ -125,10 +131,7 @@ def test_lsq_starts_from_the_init_solution_and_exports_bit_exact(fp, splits, x, 
 def test_adam_moves_the_activation_steps_by_their_own_learning_rate(fp, splits, x):
     """With Adam the learned steps move by ~step_lr per update whatever the scale of their
     (g-scaled) gradients; a zero-ish step_lr keeps them where they started."""
-    init = quant.fold_batchnorm(fp)
-    for _, mod in init.named_modules():
-        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
-            export.attach(mod, quant.quantize(mod.weight, QuantSettings(bits=4)))
+    init = _rtn_w4(fp)
     moved = {}
     for step_lr in (1e-9, 1e-2):
         s = QATSettings(epochs=1, w_bits=4, a_bits=4, optimizer="adam", lr=1e-9, step_lr=step_lr, **FAST)
