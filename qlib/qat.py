@@ -20,8 +20,13 @@ The rounding is a straight-through estimator, so ``dv_hat/dv = 1`` inside
     dv_hat/ds = round(v/s) - v/s  inside,   Q_n or Q_p  outside,
 
 scaled by ``g = 1/sqrt(N * Q_p)`` (N: weights per step, or elements of the layer input per
-image) so that steps and weights learn at comparable rates. Steps are kept positive
-(clamped after each update). Weight codes are symmetric ``[-2^(b-1), 2^(b-1)-1]`` (qlib's
+image) so that steps and weights learn at comparable rates. Each step is learned as its
+logarithm, ``s = exp(theta)`` (the gradient reaching ``theta`` is ``s`` times LSQ's): it stays
+positive, and an update changes it by a *fraction* of itself. That matters with Adam, whose
+update has the size of the learning rate whatever the gradient: learned directly, a step moves
+by the same absolute amount whether it is a 2-bit layer's weight step (~1e-2: 1e-3 is a tenth of
+it per update, which wrecked the weights in this study's first Adam runs) or a 4-bit
+activation step (~1e-1). ``log(STEP_MIN)`` bounds ``theta`` from below. Weight codes are symmetric ``[-2^(b-1), 2^(b-1)-1]`` (qlib's
 convention) and the weight step is rounded to float16 in the forward pass (gradient passed
 straight through), so that the exported file (float16 scales) reproduces the trained model
 bit for bit. Activations after a ReLU use unsigned codes ``[0, 2^b-1]``, the (signed)
@@ -52,6 +57,8 @@ from . import data as qdata
 from . import models
 
 STEP_MIN = 2.0 ** -14       # smallest step (float16 normal range): steps stay positive
+LOG_STEP_MIN = math.log(STEP_MIN)
+ADAM_STEP_EPS = 1e-16       # Adam's eps for the learned steps (see _fit)
 ACT_SAMPLE = 2 ** 16        # recorded input elements per layer and calibration batch
 ACT_GRID = 80               # clipping ratios tried by the activation-step search
 
@@ -81,11 +88,11 @@ class QATSettings:
 
     epochs: passes over the train split (``max_steps`` caps the optimizer steps of each pass
     for time-boxed runs). lr: learning rate of the weights and biases, cosine-decayed to 0.
-    optimizer: "sgd" (momentum) or "adam". step_lr: learning rate of the learned LSQ steps
-    (None: ``lr``). With SGD a step's gradient — scaled by LSQ's g — is far smaller than a
-    weight's, so at a weight's learning rate the steps barely move in a short fine-tune; Adam
-    normalises every parameter's update, so a step moves by ~``step_lr`` (relative to a step of
-    ~0.01-1) and a weight by ~``lr`` whatever their gradients' scales.
+    optimizer: "sgd" (momentum) or "adam". step_lr: learning rate of the learned LSQ steps'
+    logarithms (None: ``lr``). With SGD a step's gradient — scaled by LSQ's g — is far smaller
+    than a weight's, so at a weight's learning rate the steps barely move in a short fine-tune;
+    Adam normalises every parameter's update, so each step changes by a fraction ~``step_lr`` of
+    itself per update and a weight by ~``lr`` whatever their gradients' scales.
     w_bits / a_bits: weight and activation bits (``a_bits=None``: float activations, LSQ
     only); int8 QAT needs 8/8. freeze_epochs: last epochs with observers and BN statistics
     frozen (int8 QAT). distill: weight of the KD loss to the FP outputs in [0, 1].
@@ -188,6 +195,8 @@ def _fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True
     groups = [{"params": decay, "weight_decay": s.weight_decay},
               {"params": no_decay, "weight_decay": 0.0},
               {"params": steps_, "weight_decay": 0.0, "lr": s.lr if s.step_lr is None else s.step_lr}]
+    if s.optimizer == "adam":  # Adam's update is m/(sqrt(v) + eps): a log-step's gradient (s times
+        groups[2]["eps"] = ADAM_STEP_EPS  # LSQ's g-scaled one) is often ~1e-9, below the default eps
     groups = [g for g in groups if g["params"]]
     opt = (torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum) if s.optimizer == "sgd"
            else torch.optim.Adam(groups, lr=s.lr))
@@ -316,14 +325,23 @@ def _act_range(bits: int, signed: bool):
 
 
 class _LSQMixin:
-    """Learned weight step (per output channel) and input step (per tensor)."""
+    """Learned weight step (per output channel) and input step (per tensor), each learned as
+    its logarithm (``w_log_step``, ``a_log_step``; ``w_step``/``a_step`` are ``exp`` of them)."""
 
     def _lsq_init(self, w_bits, a_bits, w_step, a_step=None, a_signed=False):
         self.w_bits, self.a_bits, self.a_signed = w_bits, a_bits, bool(a_signed)
-        self.w_step = nn.Parameter(w_step.detach().float().clamp(min=STEP_MIN).reshape(
+        self.w_log_step = nn.Parameter(w_step.detach().float().clamp(min=STEP_MIN).log().reshape(
             (-1,) + (1,) * (self.weight.dim() - 1)).clone())
-        self.a_step = (nn.Parameter(torch.tensor(max(float(a_step), STEP_MIN)))
-                       if a_bits is not None else None)
+        self.a_log_step = (nn.Parameter(torch.tensor(math.log(max(float(a_step), STEP_MIN))))
+                           if a_bits is not None else None)
+
+    @property
+    def w_step(self) -> torch.Tensor:
+        return self.w_log_step.exp()
+
+    @property
+    def a_step(self) -> Optional[torch.Tensor]:
+        return None if self.a_log_step is None else self.a_log_step.exp()
 
     def quant_weight(self):
         qmin, qmax = quant.qrange(self.w_bits, True)
@@ -339,9 +357,9 @@ class _LSQMixin:
 
     def clamp_steps_(self):
         with torch.no_grad():
-            self.w_step.clamp_(min=STEP_MIN)
-            if self.a_step is not None:
-                self.a_step.clamp_(min=STEP_MIN)
+            self.w_log_step.clamp_(min=LOG_STEP_MIN)
+            if self.a_log_step is not None:
+                self.a_log_step.clamp_(min=LOG_STEP_MIN)
 
     def qtensor(self) -> quant.QTensor:
         """The learned weight as a QTensor (codes, float16-representable scales)."""
