@@ -435,6 +435,31 @@ def qat_vs_ptq(df, title: str = "What training buys: agreement with FP32, PTQ vs
     return fig
 
 
+def disagreement_confidence(fp_prob, masks: dict, title: str = "Where the quantized models "
+                            "disagree with FP32: FP32's own confidence there"):
+    """Cumulative distribution of FP32's top-1 probability ``fp_prob`` (held-out images) over
+    all images and over the images where each model of ``masks`` ({label: bool mask of its
+    disagreements}) picks another class. Disagreements piled up at low FP32 confidence sit on
+    FP32's own decision boundary."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    p = np.asarray(fp_prob, dtype=float)
+    curves = {"all held-out images": np.ones_like(p, dtype=bool), **{k: np.asarray(v, bool) for k, v in masks.items()}}
+    for i, (label, m) in enumerate(curves.items()):
+        v = np.sort(p[m])
+        if not len(v):
+            continue
+        ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post",
+                label=f"{label} (n={len(v):,})", color="black" if i == 0 else None,
+                lw=2 if i == 0 else 1.3, ls="--" if i == 0 else "-")
+    ax.set_xlabel("FP32's top-1 probability")
+    ax.set_ylabel("share of images at or below")
+    ax.set_xlim(0, 1.0)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------------------
 # Chapter 06: SmoothQuant
 # --------------------------------------------------------------------------------------
