@@ -411,8 +411,9 @@ def qat_curves(curves: dict, starts: dict | None = None, title: str = "QAT train
 
 
 def qat_vs_ptq(df, title: str = "What training buys: agreement with FP32, PTQ vs QAT"):
-    """Grouped bars: ``df`` with columns config, kind ("PTQ"/"QAT"), agreement; the loss in
-    agreement (1 - agreement) on a log axis is what QAT must win back."""
+    """Grouped bars: ``df`` with columns config, kind ("PTQ"/"QAT"), agreement; each bar is the
+    loss in agreement (1 - agreement, in %) that QAT must win back, on a linear axis from 0 so
+    that bar lengths compare."""
     configs = list(dict.fromkeys(df["config"]))
     kinds = list(dict.fromkeys(df["kind"]))
     fig, ax = plt.subplots(figsize=(7, 3.4))
@@ -421,14 +422,13 @@ def qat_vs_ptq(df, title: str = "What training buys: agreement with FP32, PTQ vs
     for j, k in enumerate(kinds):
         vals = [float(df[(df.config == c) & (df.kind == k)]["agreement"].iloc[0]) for c in configs]
         xs = np.arange(len(configs)) + (j - (len(kinds) - 1) / 2) * w
-        bars = ax.bar(xs, [(1 - v) * 100 for v in vals], w, label=k, color=colors.get(k))
+        ax.bar(xs, [(1 - v) * 100 for v in vals], w, label=k, color=colors.get(k))
         for x, v in zip(xs, vals):
-            ax.annotate(f"{v:.2%}", (x, max((1 - v) * 100, 1e-3)), ha="center", va="bottom",
-                        fontsize=7)
+            ax.annotate(f"{v:.2%}", (x, (1 - v) * 100), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(configs)), configs)
     ax.set_ylabel("disagreement with FP32 (%)")
-    ax.set_yscale("log")
-    _plain_log_ticks(ax.yaxis)
+    ax.set_ylim(0, None)
+    ax.margins(y=0.12)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
