@@ -26,10 +26,11 @@ positive, and an update changes it by a *fraction* of itself. That matters with 
 update has the size of the learning rate whatever the gradient: learned directly, a step moves
 by the same absolute amount whether it is a 2-bit layer's weight step (~1e-2: 1e-3 is a tenth of
 it per update, which wrecked the weights in this study's first Adam runs) or a 4-bit
-activation step (~1e-1). ``log(STEP_MIN)`` bounds ``theta`` from below. Weight codes are symmetric ``[-2^(b-1), 2^(b-1)-1]`` (qlib's
-convention) and the weight step is rounded to float16 in the forward pass (gradient passed
-straight through), so that the exported file (float16 scales) reproduces the trained model
-bit for bit. Activations after a ReLU use unsigned codes ``[0, 2^b-1]``, the (signed)
+activation step (~1e-1). ``log(STEP_MIN)`` bounds ``theta`` from below.
+
+Weight codes are symmetric ``[-2^(b-1), 2^(b-1)-1]`` (qlib's convention) and the weight step
+is rounded to float16 in the forward pass (gradient passed straight through), so that the
+exported file (float16 scales) reproduces the trained model bit for bit. Activations after a ReLU use unsigned codes ``[0, 2^b-1]``, the (signed)
 image input of ``conv1`` signed codes.
 
 Initialisation: weight steps from the scales of an ``init_model`` (a GPTQ or RTN solution
