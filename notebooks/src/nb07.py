@@ -196,13 +196,15 @@ First the GPTQ solutions (BN folded, symmetric per-channel, min-max ranges, act-
 points.
 """),
 code("""
-gq, gptq_s = {}, {}
-for w in sorted({int(c[1:].split("A")[0]) for c in lsq_configs}):
+def gptq_solution(w, keep_8bit):  # the chapter's GPTQ solution at w bits (keep_8bit layers at 8) and its seconds
     t = time.time()
     qs = quant.QuantSettings(bits=w, symmetric=True, granularity="channel")
-    gq[w], _ = gptq.quantize_model(fp, calib_x, gptq.GPTQSettings(quant=qs, fold_bn=True, act_order=True, keep_8bit=tuple(lsq_keep_8bit)),
-                                   progress=False)
-    gptq_s[w] = time.time() - t
+    g, _ = gptq.quantize_model(fp, calib_x, gptq.GPTQSettings(quant=qs, fold_bn=True, act_order=True, keep_8bit=tuple(keep_8bit)),
+                               progress=False)
+    return g, time.time() - t
+gq, gptq_s = {}, {}
+for w in sorted({int(c[1:].split("A")[0]) for c in lsq_configs}):
+    gq[w], gptq_s[w] = gptq_solution(w, lsq_keep_8bit)
     print(f"GPTQ W{w}: {gptq_s[w]:.1f} s")
 """),
 md("""
@@ -247,13 +249,15 @@ def recovery(c, engine="float (fake-quant)"):
     g = lowdf[(lowdf.config == c) & (lowdf.engine == engine)].set_index("kind")
     lost = 1 - g.loc["PTQ", "agreement"]
     return g.loc["PTQ", "agreement"], g.loc["QAT", "agreement"], (g.loc["QAT", "agreement"] - g.loc["PTQ", "agreement"]) / max(lost, 1e-9)
-lines = []
+lines, gain, dkl = [], {}, {}
 for c in lsq_configs:
     p, q, r = recovery(c)
+    gain[c] = (q - p) * 100
     cost = lowdf[(lowdf.config == c) & (lowdf.kind == "QAT")]["seconds"].iloc[0]
     kl = lowdf[(lowdf.config == c) & (lowdf.engine == "float (fake-quant)")].set_index("kind")["kl"]
+    dkl[c] = kl["QAT"] / kl["PTQ"] - 1
     lines.append(f"* **{c}**: PTQ agreement {p:.2%} (loses {1 - p:.2%}), LSQ {q:.2%}: QAT wins back "
-                 f"**{r:.0%}** of the loss; KL to FP32 {kl['PTQ']:.4f} → {kl['QAT']:.4f} ({kl['QAT'] / kl['PTQ'] - 1:+.0%}); "
+                 f"**{r:.0%}** of the loss; KL to FP32 {kl['PTQ']:.4f} → {kl['QAT']:.4f} ({dkl[c]:+.0%}); "
                  f"{cost / 60:.1f} min of training vs {gptq_s[int(c[1])]:.0f} s of GPTQ.")
 display(Markdown("\\n".join(lines)))
 fig = plots.qat_vs_ptq(lowdf[lowdf.engine == "float (fake-quant)"])
@@ -269,11 +273,9 @@ where each A4 model picks another class.
 code("""
 import numpy as np
 if "W4A4" in lsq_configs:
-    t = time.time()
-    qs4 = quant.QuantSettings(bits=4, symmetric=True, granularity="channel")
-    g_all4, _ = gptq.quantize_model(fp, calib_x, gptq.GPTQSettings(quant=qs4, fold_bn=True, act_order=True), progress=False)
+    g_all4, all4_s = gptq_solution(4, ())
     all4 = qat.lsq_model(fp, qat.QATSettings(w_bits=4, a_bits=4), init_model=g_all4, calib_x=calib_x)
-    r_all4 = {**ref.row(all4), "seconds": time.time() - t, "size_mb": measure.saved_size_mb(g_all4)}
+    r_all4 = {**ref.row(all4), "seconds": all4_s, "size_mb": measure.saved_size_mb(g_all4)}
     p4 = lowdf[(lowdf.config == "W4A4") & (lowdf.kind == "PTQ")].iloc[0]
     n_w = {n: m.weight.numel() for n, m in fp.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
     kept = sum(n_w[k] for k in lsq_keep_8bit) / sum(n_w.values())
@@ -371,9 +373,6 @@ if w2a8:
     msg.append(f"W2A8 on the int8 engine: LSQ {q:.2%} vs GPTQ {p:.2%} agreement "
                f"({'at least as good' if q >= p else 'worse than GPTQ'}: {round((q - p) * n):+d} of {n:,} images)")
 display(Markdown("**Targets (measured):** " + "; ".join(msg) + f". Chapter time: {(time.time() - t_chapter) / 60:.1f} min."))
-gain = {c: (recovery(c)[1] - recovery(c)[0]) * 100 for c in lsq_configs}
-fl = lowdf[lowdf.engine == "float (fake-quant)"].set_index(["config", "kind"])["kl"]
-dkl = {c: fl[(c, "QAT")] / fl[(c, "PTQ")] - 1 for c in lsq_configs}
 answer = (f"**When is QAT worth it here?** At 8 bits it buys nothing: PTQ is within noise of FP32. With low-bit weights or "
           f"4-bit activations, a minute of LSQ moves held-out agreement by {min(gain.values()):+.2f} to {max(gain.values()):+.2f} points "
           f"and the KL to FP32 by {min(dkl.values()):+.0%} to {max(dkl.values()):+.0%}; ")
