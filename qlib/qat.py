@@ -31,8 +31,7 @@ activation step (~1e-1). ``log(STEP_MIN)`` bounds ``theta`` from below.
 Weight codes are symmetric ``[-2^(b-1), 2^(b-1)-1]`` (qlib's convention) and the weight step
 is rounded to float16 in the forward pass (gradient passed straight through), so that the
 exported file (float16 scales) reproduces the trained model bit for bit. Activations after a
-ReLU use unsigned codes ``[0, 2^b-1]``, the (signed)
-image input of ``conv1`` signed codes.
+ReLU use unsigned codes ``[0, 2^b-1]``, the (signed) image input of ``conv1`` signed codes.
 
 Initialisation: weight steps from the scales of an ``init_model`` (a GPTQ or RTN solution
 whose layers carry ``qweight``; its on-grid weights are also the starting weights, so step 0
