@@ -227,8 +227,7 @@ from the chapter's default (act-order, 1% dampening, 256 images). Agreement on t
 code("""
 from dataclasses import replace
 base = gptq_settings(quant.QuantSettings(bits=2, granularity="channel"))
-abl = [("act-order", False, dict(act_order=False))]
-abl += [("dampening", v, dict(percdamp=v)) for v in [0.1]]
+abl = [("act-order", False, dict(act_order=False)), ("dampening", 0.1, dict(percdamp=0.1))]
 abl += [("calibration images", n, dict(calib_size=n)) for n in ([16] if cfg.smoke else [32, 128, 1024])]
 abl += [("range", "mse", dict(quant=quant.QuantSettings(bits=2, granularity="channel", range="mse")))]
 if cfg.smoke:
