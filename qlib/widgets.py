@@ -72,11 +72,13 @@ def quantizer_panel(model, default_layer: str = "layer3.0.conv2"):
 # Chapter 07: a short live LSQ fine-tune
 # --------------------------------------------------------------------------------------
 
-def qat_panel(fp, splits, calib_x, n_train: int = 256, n_val: int = 256, steps_per_epoch: int = 4,
-              batch_size: int = 64, seed: int = 0):
-    """Bits and epochs -> an LSQ fine-tune of the FP model (RTN/MSE initialisation) on
-    ``n_train`` train images for ``epochs x steps_per_epoch`` steps, with its curve of
-    accuracy on ``n_val`` val images. Seconds, not minutes: a toy version of the chapter's runs."""
+def qat_panel(fp, splits, calib_x, settings, n_train: int = 256, n_val: int = 256,
+              steps_per_epoch: int = 4, batch_size: int = 64, seed: int = 0):
+    """Bits and epochs -> an LSQ fine-tune of the FP model with the chapter's recipe
+    ``settings`` (a ``qat.QATSettings``: optimizer, learning rates, distillation, 8-bit layers;
+    its bits, epochs and steps are the panel's), from an RTN/MSE start, on ``n_train`` train
+    images for ``epochs x steps_per_epoch`` steps, with its curve of accuracy on ``n_val`` val
+    images. Seconds, not minutes: a toy version of the chapter's runs."""
     import dataclasses
 
     import ipywidgets as W
@@ -84,6 +86,8 @@ def qat_panel(fp, splits, calib_x, n_train: int = 256, n_val: int = 256, steps_p
 
     from . import models, qat
 
+    if not isinstance(settings, qat.QATSettings):
+        raise ValueError(f"settings={settings!r}: expected a qat.QATSettings (the chapter's LSQ recipe)")
     g = torch.Generator().manual_seed(seed)
     tr = torch.randperm(len(splits.train), generator=g)[:n_train]
     va = torch.randperm(len(splits.val), generator=g)[:n_val]
@@ -93,8 +97,8 @@ def qat_panel(fp, splits, calib_x, n_train: int = 256, n_val: int = 256, steps_p
 
     def update(bits, epochs):
         w, a = (int(b) for b in bits[1:].split("A"))
-        s = qat.QATSettings(epochs=epochs, lr=1e-3, w_bits=w, a_bits=a, batch_size=batch_size,
-                            max_steps=epochs * steps_per_epoch, distill=0.5, seed=seed)
+        s = dataclasses.replace(settings, epochs=epochs, w_bits=w, a_bits=a, batch_size=batch_size,
+                                max_steps=epochs * steps_per_epoch, seed=seed)
         start = models.evaluate(qat.lsq_model(fp, s, calib_x=cx), small.val)["accuracy"]
         _, h = qat.lsq_train(fp, small, s, calib_x=cx, progress=False)
         fig, ax = plt.subplots(figsize=(6, 2.8))

@@ -224,6 +224,12 @@ def test_bad_settings_raise(kw, name):
         QATSettings(**kw)
 
 
+def test_qat_panel_needs_a_recipe(fp, splits):
+    from qlib import widgets
+    with pytest.raises(ValueError, match=r"settings=\{'lr': 1e-05\}: expected a qat.QATSettings"):
+        widgets.qat_panel(fp, splits, torch.zeros(2, 3, 32, 32), {"lr": 1e-5})
+
+
 def test_int8_qat_needs_8_bits(fp, splits):
     with pytest.raises(ValueError, match="w_bits=4"):
         qat.train_int8(fp, splits, QATSettings(w_bits=4), progress=False)

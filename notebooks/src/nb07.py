@@ -214,11 +214,13 @@ MSE-calibrated activation steps), the LSQ fine-tune, and for W2A8 both again on 
 exactly as chapter 6 runs GPTQ W2A8).
 """),
 code("""
+from dataclasses import replace
+lsq_recipe = qat.QATSettings(epochs=lsq_epochs, lr=lsq_lr, step_lr=lsq_step_lr, optimizer="adam", max_steps=lsq_steps,
+                             distill=distill, mixup=mixup, keep_8bit=tuple(lsq_keep_8bit), seed=cfg.seed)
 low, curves, starts, lsq_models, ptq_models, fid_logits = [], {}, {}, {}, {}, {}
 for c in lsq_configs:
     w, a = (int(b) for b in c[1:].split("A"))
-    s = qat.QATSettings(epochs=lsq_epochs, lr=lsq_lr, step_lr=lsq_step_lr, optimizer="adam", w_bits=w, a_bits=a,
-                        max_steps=lsq_steps, distill=distill, mixup=mixup, keep_8bit=tuple(lsq_keep_8bit), seed=cfg.seed)
+    s = replace(lsq_recipe, w_bits=w, a_bits=a)
     m0 = qat.lsq_model(fp, s, init_model=gq[w], calib_x=calib_x)
     starts[c], ptq_models[c] = models.evaluate(m0, splits.val)["accuracy"], m0
     lg = ref.logits(m0)
@@ -341,12 +343,13 @@ md("""
 ## Explore: a live fine-tune
 
 In JupyterLab, choose the bits and the number of epochs: the panel runs a short LSQ fine-tune
-(RTN/MSE initialisation, 4 steps of 64 images per epoch on a 256-image subset) and draws its
-curve — seconds, so the curve is a toy. The static book shows the first setting; the figure of
+with the chapter's recipe (Adam at the rates above, distillation, `conv1` and `fc` at 8 bits) from
+an RTN/MSE start instead of GPTQ, 4 steps of 64 images per epoch on a 256-image subset, and draws
+its curve — seconds, so the curve is a toy: at these rates a few steps move little. The static book shows the first setting; the figure of
 the full runs above (and the int8 curve) is the precomputed counterpart.
 """),
 code("""
-widgets.qat_panel(fp, splits, calib_x, n_train=64 if cfg.smoke else 256, n_val=64 if cfg.smoke else 256);
+widgets.qat_panel(fp, splits, calib_x, lsq_recipe, n_train=64 if cfg.smoke else 256, n_val=64 if cfg.smoke else 256);
 """),
 md("""
 ## What must hold
