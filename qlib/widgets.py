@@ -107,6 +107,12 @@ def qat_panel(fp, splits, calib_x, settings, n_train: int = 256, n_val: int = 25
         ax.axhline(fp_acc * 100, color="#222222", ls=":", label="FP32")
         ax.set_xlabel("optimizer steps")
         ax.set_ylabel(f"accuracy on {len(va)} val images (%)")
+        # at least a 10-point window: on a few hundred images one image is ~0.4 points, and
+        # an axis fitted to the curve would draw a one-image change as a cliff
+        ys = [start * 100, fp_acc * 100] + [v * 100 for v in h["val_acc"]]
+        mid = (max(ys) + min(ys)) / 2
+        half = max(5.0, (max(ys) - min(ys)) / 2 + 1)
+        ax.set_ylim(max(0.0, min(mid - half, 100 - 2 * half)), min(100.0, max(mid + half, 2 * half)))
         ax.set_title(f"{bits}: {start:.1%} at step 0 -> {h['val_acc'][-1]:.1%} after "
                      f"{sum(h['steps'])} steps ({h['total_seconds']:.0f} s)", fontsize=9)
         ax.legend(fontsize=7)
