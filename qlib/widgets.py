@@ -102,14 +102,15 @@ def qat_panel(fp, splits, calib_x, settings, n_train: int = 256, n_val: int = 25
         start = models.evaluate(qat.lsq_model(fp, s, calib_x=cx), small.val)["accuracy"]
         _, h = qat.lsq_train(fp, small, s, calib_x=cx, progress=False)
         fig, ax = plt.subplots(figsize=(6, 2.8))
-        ax.plot([0] + list(np.cumsum(h["steps"])), [start * 100] + [v * 100 for v in h["val_acc"]],
-                marker="o", color="#ff7f0e", label=f"LSQ {bits}")
+        curve = [start * 100] + [v * 100 for v in h["val_acc"]]
+        ax.plot([0] + list(np.cumsum(h["steps"])), curve, marker="o", color="#ff7f0e",
+                label=f"LSQ {bits}")
         ax.axhline(fp_acc * 100, color="#222222", ls=":", label="FP32")
         ax.set_xlabel("optimizer steps")
         ax.set_ylabel(f"accuracy on {len(va)} val images (%)")
         # at least a 10-point window: on a few hundred images one image is ~0.4 points, and
         # an axis fitted to the curve would draw a one-image change as a cliff
-        ys = [start * 100, fp_acc * 100] + [v * 100 for v in h["val_acc"]]
+        ys = curve + [fp_acc * 100]
         mid = (max(ys) + min(ys)) / 2
         half = max(5.0, (max(ys) - min(ys)) / 2 + 1)
         ax.set_ylim(max(0.0, min(mid - half, 100 - 2 * half)), min(100.0, max(mid + half, 2 * half)))
