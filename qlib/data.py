@@ -345,6 +345,34 @@ def group_split(labels, groups, seed: int, fractions=FRACTIONS) -> list:
     return [assign[g] for g in groups]
 
 
+def halves(split: Split, seed: int = 0) -> tuple:
+    """Two track-disjoint halves of a split, stratified per class: within each class the
+    tracks (shuffled, seeded) go one by one to the half holding fewer of that class's images
+    (ties: fewer images overall). For experiments that use one half of the held-out images
+    and must measure on images of other tracks."""
+    members = defaultdict(list)
+    for i, g in enumerate(split.groups):
+        members[g].append(i)
+    if len(members) < 2:
+        raise ValueError(f"split with {len(members)} track(s): expected at least 2 to halve")
+    labels = split.labels.tolist()
+    by_class = defaultdict(list)
+    for g, idx in members.items():
+        by_class[Counter(labels[i] for i in idx).most_common(1)[0][0]].append(g)
+    rng = np.random.default_rng(seed)
+    out, total = ([], []), [0, 0]
+    for c in sorted(by_class):
+        gs = sorted(by_class[c])
+        rng.shuffle(gs)
+        in_class = [0, 0]
+        for g in gs:
+            h = min((0, 1), key=lambda k: (in_class[k], total[k], k))
+            out[h].extend(members[g])
+            in_class[h] += len(members[g])
+            total[h] += len(members[g])
+    return split.subset(sorted(out[0])), split.subset(sorted(out[1]))
+
+
 def leakage(splits: Splits) -> dict:
     """How many groups (tracks) each pair of splits shares; 0 everywhere for a fair split."""
     sets = {name: set(s.groups) for name, s in splits}

@@ -97,6 +97,29 @@ def test_group_split_stratified_deterministic_and_fractional():
         assert {a[i] for i in range(len(a)) if labels[i] == c} == {"train", "val", "test"}
 
 
+def test_halves_are_track_disjoint_stratified_and_cover_the_split():
+    rng = np.random.default_rng(2)
+    labels, groups = [], []
+    for c in range(4):
+        for t in range(12):
+            n = int(rng.integers(5, 30))
+            labels += [c] * n
+            groups += [f"{c}_{t}"] * n
+    sp = qdata.Split(torch.zeros(len(labels), 3, 2, 2, dtype=torch.uint8), torch.tensor(labels), groups,
+                     [str(i) for i in range(len(labels))])
+    a, b = qdata.halves(sp, seed=0)
+    assert len(a) + len(b) == len(sp) and not set(a.groups) & set(b.groups)
+    assert sorted(a.files + b.files, key=int) == sp.files
+    assert 0.45 < len(a) / len(sp) < 0.55
+    assert set(a.labels.tolist()) == set(b.labels.tolist()) == {0, 1, 2, 3}
+    assert qdata.halves(sp, seed=0)[0].files == a.files
+    one_track_per_class = sp.subset([i for i, g in enumerate(groups) if g.endswith("_0")])
+    a1, b1 = qdata.halves(one_track_per_class)  # classes with one track still fill both halves
+    assert len(a1) and len(b1) and not set(a1.groups) & set(b1.groups)
+    with pytest.raises(ValueError, match="at least 2"):
+        qdata.halves(sp.subset([0]))
+
+
 def test_track_of():
     assert qdata.track_of("00012_00003_00029_png_jpg.rf.ab.jpg") == "00012_00003"
     assert qdata.track_of("13_png_jpg.rf.c2.jpg") == "file:13_png_jpg"
