@@ -346,10 +346,10 @@ def group_split(labels, groups, seed: int, fractions=FRACTIONS) -> list:
 
 
 def halves(split: Split, seed: int = 0) -> tuple:
-    """Two track-disjoint halves of a split, stratified per class: within each class the
-    tracks (shuffled, seeded) go one by one to the half holding fewer of that class's images
-    (ties: fewer images overall). For experiments that use one half of the held-out images
-    and must measure on images of other tracks."""
+    """Two track-disjoint halves of a split, as sorted index tensors into it, stratified per
+    class: within each class the tracks (shuffled, seeded) go one by one to the half holding
+    fewer of that class's images (ties: fewer images overall). For experiments that use one
+    half of the held-out images and must measure on images of other tracks."""
     members = defaultdict(list)
     for i, g in enumerate(split.groups):
         members[g].append(i)
@@ -370,7 +370,7 @@ def halves(split: Split, seed: int = 0) -> tuple:
             out[h].extend(members[g])
             in_class[h] += len(members[g])
             total[h] += len(members[g])
-    return split.subset(sorted(out[0])), split.subset(sorted(out[1]))
+    return torch.tensor(sorted(out[0]), dtype=torch.long), torch.tensor(sorted(out[1]), dtype=torch.long)
 
 
 def leakage(splits: Splits) -> dict:

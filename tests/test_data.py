@@ -107,15 +107,16 @@ def test_halves_are_track_disjoint_stratified_and_cover_the_split():
             groups += [f"{c}_{t}"] * n
     sp = qdata.Split(torch.zeros(len(labels), 3, 2, 2, dtype=torch.uint8), torch.tensor(labels), groups,
                      [str(i) for i in range(len(labels))])
-    a, b = qdata.halves(sp, seed=0)
-    assert len(a) + len(b) == len(sp) and not set(a.groups) & set(b.groups)
-    assert sorted(a.files + b.files, key=int) == sp.files
+    ia, ib = qdata.halves(sp, seed=0)
+    a, b = sp.subset(ia), sp.subset(ib)
+    assert sorted(ia.tolist() + ib.tolist()) == list(range(len(sp)))  # a partition
+    assert not set(a.groups) & set(b.groups)
     assert 0.45 < len(a) / len(sp) < 0.55
     assert set(a.labels.tolist()) == set(b.labels.tolist()) == {0, 1, 2, 3}
-    assert qdata.halves(sp, seed=0)[0].files == a.files
+    assert torch.equal(qdata.halves(sp, seed=0)[0], ia) and not torch.equal(qdata.halves(sp, seed=1)[0], ia)
     one_track_per_class = sp.subset([i for i, g in enumerate(groups) if g.endswith("_0")])
-    a1, b1 = qdata.halves(one_track_per_class)  # classes with one track still fill both halves
-    assert len(a1) and len(b1) and not set(a1.groups) & set(b1.groups)
+    a1, b1 = (one_track_per_class.subset(i) for i in qdata.halves(one_track_per_class))
+    assert len(a1) and len(b1) and not set(a1.groups) & set(b1.groups)  # one track per class: both halves filled
     with pytest.raises(ValueError, match="at least 2"):
         qdata.halves(sp.subset([0]))
 
