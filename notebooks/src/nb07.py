@@ -350,8 +350,8 @@ to spare, so the validation split stands in for them: it is cut by track into tw
 LSQ model is distilled on the images of half A only (the loss is the distillation alone, so their
 labels are never used), and agreement is measured on half A, on half B (tracks the fine-tune never
 saw) and on the test split. The recipe is the chapter's but for two changes: the weights' learning
-rate is ten times higher (at the chapter's rate a fine-tune barely moves even on the images it
-trains on) and there is no mixup (these images are already ones FP32 was not fitted on). The model
+rate is ten times higher (at the chapter's rate the fine-tune barely moved agreement even on the
+blends it trained on, above) and there is no mixup (these images are already ones FP32 was not fitted on). The model
 is not saved or entered in the results: half of its validation images are training images now.
 """),
 code("""
