@@ -69,11 +69,13 @@ else:
     display(Markdown("No saved variant found: run the method chapters first."))
 """),
 code("""
-# the benchmark's timings replace each chapter's own (same run, same protocol)
+# the benchmark's timings replace each chapter's own (same run, same protocol); the FP32 row
+# (no variant file of its own in chapter 02's results) takes the benchmark's "fp32" file
 if len(df) and "variant_file" in df:
     timing = bdf.set_index("variant")[["ms_per_batch", "images_per_s", "speedup_vs_fp32"]]
+    bench_key = df["variant_file"].where(df["variant_file"].notna(), df["method"].where(df["method"] == "fp32"))
     for col in timing.columns:
-        df[col + "_bench"] = df["variant_file"].map(timing[col]) if "variant_file" in df else np.nan
+        df[col + "_bench"] = bench_key.map(timing[col])
 fp_row = df[df["method"] == "fp32"].iloc[0] if (len(df) and (df["method"] == "fp32").any()) else None
 fp_acc = float(fp_row["accuracy"]) if fp_row is not None else models.evaluate(fp, splits.test)["accuracy"]
 fp_mb = float(fp_row["size_mb"]) if fp_row is not None and pd.notna(fp_row.get("size_mb")) else measure.file_size_mb(results.variant_path(cfg, "fp32"))
