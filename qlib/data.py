@@ -309,6 +309,19 @@ def _decode_synthetic(cfg: Config) -> dict:
 # The split
 # --------------------------------------------------------------------------------------
 
+def _groups_by_class(labels, groups) -> tuple:
+    """``members``: group -> its image indices; ``by_class``: class -> its groups, a group
+    belonging to the class most of its images carry."""
+    labels = [int(v) for v in labels]
+    members = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    by_class = defaultdict(list)
+    for g, idx in members.items():
+        by_class[Counter(labels[i] for i in idx).most_common(1)[0][0]].append(g)
+    return members, by_class
+
+
 def group_split(labels, groups, seed: int, fractions=FRACTIONS) -> list:
     """Assign every group (track) to train/val/test, stratified per class.
 
@@ -317,13 +330,7 @@ def group_split(labels, groups, seed: int, fractions=FRACTIONS) -> list:
     class with at least three groups gets at least one in every split. Returns a split name
     per image.
     """
-    labels = [int(v) for v in labels]
-    members = defaultdict(list)
-    for i, g in enumerate(groups):
-        members[g].append(i)
-    by_class = defaultdict(list)
-    for g, idx in members.items():
-        by_class[Counter(labels[i] for i in idx).most_common(1)[0][0]].append(g)
+    members, by_class = _groups_by_class(labels, groups)
     assign = {}
     rng = np.random.default_rng(seed)
     for c in sorted(by_class):
@@ -350,15 +357,9 @@ def halves(split: Split, seed: int = 0) -> tuple:
     class: within each class the tracks (shuffled, seeded) go one by one to the half holding
     fewer of that class's images (ties: fewer images overall). For experiments that use one
     half of the held-out images and must measure on images of other tracks."""
-    members = defaultdict(list)
-    for i, g in enumerate(split.groups):
-        members[g].append(i)
+    members, by_class = _groups_by_class(split.labels.tolist(), split.groups)
     if len(members) < 2:
         raise ValueError(f"split with {len(members)} track(s): expected at least 2 to halve")
-    labels = split.labels.tolist()
-    by_class = defaultdict(list)
-    for g, idx in members.items():
-        by_class[Counter(labels[i] for i in idx).most_common(1)[0][0]].append(g)
     rng = np.random.default_rng(seed)
     out, total = ([], []), [0, 0]
     for c in sorted(by_class):

@@ -78,14 +78,20 @@ def test_export_split_leaks_and_track_split_does_not(tmp_path):
         assert set(sp.labels.tolist()) == {0, 1, 2}
 
 
-def test_group_split_stratified_deterministic_and_fractional():
-    rng = np.random.default_rng(1)
+def _tracks(n_classes, n_tracks, max_frames, seed):
+    """Labels and group ids of n_classes x n_tracks tracks of 5..max_frames-1 frames."""
+    rng = np.random.default_rng(seed)
     labels, groups = [], []
-    for c in range(5):
-        for t in range(20):
-            n = int(rng.integers(5, 40))
+    for c in range(n_classes):
+        for t in range(n_tracks):
+            n = int(rng.integers(5, max_frames))
             labels += [c] * n
             groups += [f"{c}_{t}"] * n
+    return labels, groups
+
+
+def test_group_split_stratified_deterministic_and_fractional():
+    labels, groups = _tracks(5, 20, 40, seed=1)
     a = qdata.group_split(labels, groups, seed=3)
     assert a == qdata.group_split(labels, groups, seed=3)
     assert a != qdata.group_split(labels, groups, seed=4)
@@ -98,13 +104,7 @@ def test_group_split_stratified_deterministic_and_fractional():
 
 
 def test_halves_are_track_disjoint_stratified_and_cover_the_split():
-    rng = np.random.default_rng(2)
-    labels, groups = [], []
-    for c in range(4):
-        for t in range(12):
-            n = int(rng.integers(5, 30))
-            labels += [c] * n
-            groups += [f"{c}_{t}"] * n
+    labels, groups = _tracks(4, 12, 30, seed=2)
     sp = qdata.Split(torch.zeros(len(labels), 3, 2, 2, dtype=torch.uint8), torch.tensor(labels), groups,
                      [str(i) for i in range(len(labels))])
     ia, ib = qdata.halves(sp, seed=0)
