@@ -516,13 +516,15 @@ def clamp_steps_(model: nn.Module) -> None:
 
 def lsq_train(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings,
               init_model: Optional[nn.Module] = None, calib_x: Optional[torch.Tensor] = None,
-              progress: bool = True, device=None):
+              progress: bool = True, device=None, validate: bool = True):
     """LSQ QAT of the FP ResNet-18 (not changed): returns ``(LSQ model, history)``.
 
     ``init_model``: a GPTQ/RTN solution (BN-folded layers carrying ``qweight``) to start
     from; ``calib_x``: calibration images (default ``calib.sample(splits, 256)``, train
-    split). The returned model runs the fake-quant forward; ``export_model`` gives the plain
-    model with QTensors for ``export.save``, ``to_int8`` its int8-engine version.
+    split). ``validate=False`` skips the per-epoch pass over ``splits.val`` (the history's
+    ``val_acc`` is then NaN), for runs whose curve is not used. The returned model runs the
+    fake-quant forward; ``export_model`` gives the plain model with QTensors for
+    ``export.save``, ``to_int8`` its int8-engine version.
     """
     if not isinstance(settings, QATSettings):
         raise ValueError(f"settings={settings!r}: expected a QATSettings")
@@ -533,7 +535,7 @@ def lsq_train(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings,
     teacher = quant.fold_batchnorm(model_fp).eval() if settings.distill > 0 else None
     hist = _fit(model, splits, settings, teacher=teacher, device=device, progress=progress,
                 desc=f"LSQ W{settings.w_bits}A{settings.a_bits or 32}",
-                after_step=clamp_steps_)
+                after_step=clamp_steps_, evaluate=None if validate else (lambda m: float("nan")))
     return model.cpu().eval(), hist
 
 

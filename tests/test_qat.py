@@ -176,6 +176,18 @@ def test_mixup_distillation_is_seeded_and_moves_the_model(fp, splits, x):
     assert any(not torch.equal(a[k], s0[k]) for k in a)  # and it trained
 
 
+def test_lsq_without_validation_trains_the_same_model_and_never_reads_val(fp, splits, x):
+    import dataclasses
+    s = QATSettings(epochs=2, w_bits=4, a_bits=8, distill=1.0, **FAST)
+    m1, h1 = qat.lsq_train(fp, splits, s, calib_x=x, progress=False)
+    m2, h2 = qat.lsq_train(fp, dataclasses.replace(splits, val=None), s, calib_x=x, progress=False, validate=False)
+    a, b = m1.state_dict(), m2.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(0 <= v <= 1 for v in h1["val_acc"]) and len(h2["val_acc"]) == 2
+    assert all(math.isnan(v) for v in h2["val_acc"])
+    assert h1["train_loss"] == h2["train_loss"]
+
+
 # ---- int8 QAT -------------------------------------------------------------------------
 
 def test_int8_qat_converts_and_runs(fp, splits, x, tmp_path):

@@ -363,8 +363,8 @@ if w not in gq:
 n_a = -(-len(held_a) // lsq_recipe.batch_size)  # batches per pass over half A
 s_held = replace(lsq_recipe, w_bits=w, a_bits=a, lr=held_lr, mixup=0.0, epochs=-(-held_steps // n_a), max_steps=held_steps)
 t = time.time()
-m_held, hist_held = qat.lsq_train(fp, replace(splits, train=held_a, val=held_b), s_held, init_model=gq[w],
-                                  calib_x=calib_x, progress=False)
+m_held, _ = qat.lsq_train(fp, replace(splits, train=held_a), s_held, init_model=gq[w], calib_x=calib_x,
+                          progress=False, validate=False)  # measured below, on both halves and test
 held_s = time.time() - t
 whole = ref.fp["n_fidelity"] == len(splits.val) + len(splits.test)  # the fidelity set is val + test, in order
 def vt_logits(m, key=None):  # a model's logits on val + test (reused from the tables above when they have them)
@@ -379,8 +379,11 @@ candidates = {"PTQ": ((held_config, "PTQ"), ptq_models[held_config] if held_conf
 if held_config in lsq_models:
     candidates["LSQ on the train split (above)"] = ((held_config, "QAT"), lsq_models[held_config])
 candidates["LSQ distilled on half A"] = (None, m_held)
-held = pd.DataFrame([{"model": k, **{name: (top[i] == fp_vt[i]).float().mean().item() for name, i in sets.items()}}
-                     for k, top in ((k, vt_logits(m, key).argmax(1)) for k, (key, m) in candidates.items())]).set_index("model")
+held_rows = []
+for k, (key, m) in candidates.items():
+    top = vt_logits(m, key).argmax(1)
+    held_rows.append({"model": k, **{name: (top[i] == fp_vt[i]).float().mean().item() for name, i in sets.items()}})
+held = pd.DataFrame(held_rows).set_index("model")
 sizes = ", ".join(f"{k.split(' (')[0]}: {len(i):,} images" for k, i in sets.items())
 display(held.style.format("{:.2%}").set_caption(f"{held_config}: agreement with FP32 ({sizes})"))
 rec_held = {name: (held.loc["LSQ distilled on half A", name] - held.loc["PTQ", name]) / max(1 - held.loc["PTQ", name], 1e-9) for name in sets}
