@@ -43,6 +43,46 @@ def fidelity(logits: torch.Tensor, ref_logits: torch.Tensor) -> dict:
     return {"agreement": agree, "kl": kl}
 
 
+def _check_logits(logits, ref_logits):
+    if not (isinstance(logits, torch.Tensor) and isinstance(ref_logits, torch.Tensor)) or \
+            logits.dim() != 2 or logits.shape != ref_logits.shape or logits.shape[1] < 2:
+        shapes = tuple(getattr(logits, "shape", ())), tuple(getattr(ref_logits, "shape", ()))
+        raise ValueError(f"logits {shapes[0]} and ref_logits {shapes[1]}: expected two tensors "
+                         "of the same shape [images, classes >= 2]")
+
+
+def temperature_fit(logits: torch.Tensor, ref_logits: torch.Tensor, lo: float = 0.25,
+                    hi: float = 4.0, n: int = 241) -> tuple:
+    """The single temperature ``tau`` (logits divided by it) that minimises KL(ref || model),
+    searched on a log grid of ``n`` points in [lo, hi] that holds 1: returns ``(tau, kl at
+    tau)``. Dividing logits by one number changes no image's top-1 class, so the KL it removes
+    is a mismatch of the logits' scale (over- or under-confidence), not of any answer."""
+    _check_logits(logits, ref_logits)
+    if not (0 < lo < 1 < hi) or not isinstance(n, int) or n < 3:
+        raise ValueError(f"lo={lo!r}, hi={hi!r}, n={n!r}: expected 0 < lo < 1 < hi and an integer n >= 3")
+    taus = torch.cat([torch.logspace(np.log10(lo), np.log10(hi), n, dtype=torch.double),
+                      torch.ones(1, dtype=torch.double)])
+    z, ref = logits.double(), F.log_softmax(ref_logits.double(), 1)
+    kls = torch.stack([F.kl_div(F.log_softmax(z / t, 1), ref, log_target=True, reduction="batchmean")
+                       for t in taus])
+    i = int(kls.argmin())
+    return float(taus[i]), float(kls[i])
+
+
+def margin_error(logits: torch.Tensor, ref_logits: torch.Tensor) -> tuple:
+    """The reference's margin on each image — its top-1 logit minus its top-2 logit — and the
+    model's error in that same difference (the model's logit of the reference's top-1 class
+    minus its logit of the reference's top-2 class, minus the reference's margin). An error
+    below minus the margin turns the reference's runner-up ahead of its answer: the model
+    disagrees. Returns ``(ref_margin, error)``, one value per image."""
+    _check_logits(logits, ref_logits)
+    ref, z = ref_logits.double(), logits.double()
+    top2 = ref.topk(2, 1).indices
+    ref_margin = ref.gather(1, top2[:, :1]) - ref.gather(1, top2[:, 1:])
+    margin = z.gather(1, top2[:, :1]) - z.gather(1, top2[:, 1:])
+    return ref_margin.squeeze(1), (margin - ref_margin).squeeze(1)
+
+
 class Reference:
     """The FP model's outputs on the test split and on the fidelity set, computed once.
 

@@ -27,6 +27,33 @@ def test_fidelity_identity_and_flip():
     assert measure.fidelity(-z, z)["agreement"] < 0.5
 
 
+def test_temperature_fit_finds_a_pure_rescaling_and_never_beats_nothing():
+    ref = torch.randn(300, 10, generator=torch.Generator().manual_seed(0)) * 3
+    tau, kl = measure.temperature_fit(ref * 0.5, ref)  # under-confident by 2x: tau 0.5 undoes it
+    assert tau == pytest.approx(0.5, rel=0.02) and kl < 1e-3
+    noisy = ref + torch.randn(300, 10, generator=torch.Generator().manual_seed(1))
+    tau, kl = measure.temperature_fit(noisy, ref)
+    assert kl <= measure.fidelity(noisy, ref)["kl"] + 1e-12  # tau = 1 is on the grid
+    assert kl > 0.01  # noise that changes logits differently per class is no rescaling
+    for bad in (dict(lo=1.5), dict(hi=0.9), dict(n=1)):
+        with pytest.raises(ValueError, match="expected 0 < lo < 1 < hi"):
+            measure.temperature_fit(noisy, ref, **bad)
+    with pytest.raises(ValueError, match="same shape"):
+        measure.temperature_fit(noisy[:, :5], ref)
+
+
+def test_margin_error_is_zero_for_the_reference_and_negative_past_the_margin_on_a_flip():
+    ref = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.5, 2.0]])
+    m, e = measure.margin_error(ref + 7.0, ref)  # a constant per image changes no margin
+    assert torch.allclose(m, torch.tensor([2.0, 0.5], dtype=m.dtype)) and torch.all(e.abs() < 1e-12)
+    q = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 2.5]])  # image 2: the runner-up goes ahead
+    m, e = measure.margin_error(q, ref)
+    assert e[0] == 0 and e[1] == pytest.approx(-1.0) and e[1] < -m[1]
+    assert (q.argmax(1) != ref.argmax(1)).tolist() == (e < -m).tolist()
+    with pytest.raises(ValueError, match="same shape"):
+        measure.margin_error(q, ref[:1])
+
+
 def close(a, b):
     # the same images in batches of another size: equal up to float rounding of the matmul
     return torch.allclose(a, b, rtol=0, atol=1e-5)
