@@ -460,6 +460,51 @@ def disagreement_confidence(fp_prob, masks: dict, title: str = "Where the quanti
     return fig
 
 
+def scale_vs_margins(kl_df, ref_margin, errors: dict, bin_width: float = 0.5, min_images: int = 20,
+                     title: str = "What the fine-tune changes: the logits' scale, not the margins"):
+    """Two panels. Left: each model's KL to FP32 (``kl_df``: columns model, kl, kl_at_tau) as it
+    is and after dividing its logits by its best single temperature — the part a temperature
+    removes changes no answer. Right: the root-mean-square error of each model's margin
+    (``errors``: {label: per-image error, from ``measure.margin_error``}) in bins of FP32's own
+    margin ``ref_margin`` (bins of ``bin_width`` holding at least ``min_images`` images), with the
+    line where the error equals the margin: images whose error
+    goes below minus their margin change answer, so a model flips images where its curve is
+    near or above that line."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1.3]})
+    ys = np.arange(len(kl_df))
+    a.barh(ys + 0.2, kl_df["kl"], 0.4, label="KL", color=PALETTE["gptq"])
+    a.barh(ys - 0.2, kl_df["kl_at_tau"], 0.4, label="KL at its best temperature", color=PALETTE["rtn"])
+    a.set_yticks(ys, kl_df["model"])
+    a.invert_yaxis()
+    a.set_xlabel("KL(FP32 || model), held-out images")
+    a.legend(fontsize=7, loc="upper right")
+    m = np.asarray(ref_margin, dtype=float)
+    edges = np.arange(0.0, np.ceil(m.max() / bin_width) * bin_width + bin_width, bin_width)
+    idx = np.digitize(m, edges) - 1
+    full = [i for i in range(len(edges) - 1) if (idx == i).sum() >= min_images]
+    mids = [(edges[i] + edges[i + 1]) / 2 for i in full]
+    colors, highest = {}, 0.0
+    for label, err in errors.items():
+        e = np.asarray(err, dtype=float)
+        rms = [float(np.sqrt(np.mean(e[idx == i] ** 2))) for i in full]
+        highest = max([highest, *rms])
+        config = label.rsplit(" ", 1)[0]
+        colors.setdefault(config, f"C{len(colors)}")
+        b.plot(mids, rms, marker="o", ms=3, lw=1.3, color=colors[config],
+               ls="--" if label.endswith("PTQ") else "-", label=label)
+    top = max(mids) if mids else 1.0
+    b.plot([0, top], [0, top], color="black", lw=0.8, ls=":", label="error = FP32's margin")
+    b.set_xlabel(f"FP32's margin (top-1 minus top-2 logit), bins of {bin_width:g} "
+                 f"(with at least {min_images} images)")
+    b.set_ylabel("RMS error of the model's margin")
+    b.set_xlim(0, None)
+    b.set_ylim(0, max(1.8 * highest, 0.5))  # the diagonal runs on above: only its crossing matters
+    b.legend(fontsize=7, ncol=3, loc="upper right")
+    fig.suptitle(title, fontsize=10, fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------------------
 # Chapter 06: SmoothQuant
 # --------------------------------------------------------------------------------------

@@ -342,6 +342,72 @@ display(Markdown(
     f"{(q['val + test (held out)'] - ptq['val + test (held out)']).min() * 100:+.2f} to {(q['val + test (held out)'] - ptq['val + test (held out)']).max() * 100:+.2f}."))
 """),
 md("""
+### What the lower KL is made of
+
+Every LSQ run above lowers the KL to FP32 and leaves agreement nearly where it was. Two
+measurements of the same held-out logits say why. **The logits' scale:** dividing a model's
+logits by one number (a temperature $\tau$) changes no image's answer, so the KL that the best
+single $\tau$ removes (searched on the fidelity set itself: one number per model) is over- or
+under-confidence, not disagreement. **The margins:** on each image FP32's margin is its top-1
+logit minus its top-2 logit; the model's error in that same difference is what decides
+agreement — an error below minus the margin puts FP32's runner-up ahead of its answer.
+"""),
+code("""
+unsure = fp_p < 0.5          # FP32's top-1 probability below 0.5 (the images of the figure above)
+kl_rows, errors = [], {}
+for c in lsq_configs:
+    for kind in ("PTQ", "QAT"):
+        z = fid_logits[(c, kind)]
+        tau, kl_tau = measure.temperature_fit(z, ref.fp_fid)
+        fp_margin, err = measure.margin_error(z, ref.fp_fid)
+        e_u = err[torch.from_numpy(unsure)]
+        if c.endswith("A4"):
+            errors[f"{c} {kind}"] = err
+        kl_rows.append({"model": f"{c} {kind}", "config": c, "kind": kind, "agreement": measure.fidelity(z, ref.fp_fid)["agreement"],
+                        "kl": measure.fidelity(z, ref.fp_fid)["kl"], "tau": tau, "kl_at_tau": kl_tau,
+                        "margin error sd (all)": err.std().item(),
+                        "margin error mean (FP32 unsure)": e_u.mean().item() if len(e_u) else float("nan"),
+                        "margin error sd (FP32 unsure)": e_u.std().item() if len(e_u) > 1 else float("nan")})
+kl_df = pd.DataFrame(kl_rows)
+display(kl_df.drop(columns=["config", "kind"]).set_index("model").style.format(
+    {"agreement": "{:.2%}", "kl": "{:.4f}", "tau": "{:.2f}", "kl_at_tau": "{:.4f}", "margin error sd (all)": "{:.3f}",
+     "margin error mean (FP32 unsure)": "{:+.3f}", "margin error sd (FP32 unsure)": "{:.3f}"}).set_caption(
+    f"held-out logits ({len(fp_p):,} images; FP32 unsure: top-1 probability < 0.5, {int(unsure.sum()):,} images)"))
+fig = plots.scale_vs_margins(kl_df[kl_df.config.str.endswith("A4")], fp_margin, errors)
+k = kl_df.set_index(["config", "kind"])
+parts = []
+for c in lsq_configs:
+    p, q = k.loc[(c, "PTQ")], k.loc[(c, "QAT")]
+    parts.append(
+        f"**{c}**: the fine-tune takes the KL from {p.kl:.4f} to {q.kl:.4f} ({q.kl / p.kl - 1:+.0%}); one temperature alone "
+        f"(τ = {p.tau:.2f}) takes PTQ's to {p.kl_at_tau:.4f} ({p.kl_at_tau / p.kl - 1:+.0%}), and at their best temperatures "
+        f"QAT is at {q.kl_at_tau:.4f} against PTQ's {p.kl_at_tau:.4f} ({q.kl_at_tau / p.kl_at_tau - 1:+.0%}). " +
+        (f"The spread of the margin error on the images FP32 is unsure of goes from {p['margin error sd (FP32 unsure)']:.3f} to "
+         f"{q['margin error sd (FP32 unsure)']:.3f} ({q['margin error sd (FP32 unsure)'] / p['margin error sd (FP32 unsure)'] - 1:+.0%})."
+         if unsure.sum() > 1 else "Too few images here that FP32 is unsure of to measure its margins' error there."))
+display(Markdown("\\n\\n".join("- " + x for x in parts)))
+beyond = {c: k.loc[(c, "QAT")].kl_at_tau / k.loc[(c, "PTQ")].kl_at_tau - 1 for c in lsq_configs}
+noise = {c: k.loc[(c, "QAT"), "margin error sd (FP32 unsure)"] / k.loc[(c, "PTQ"), "margin error sd (FP32 unsure)"] - 1
+         for c in lsq_configs if unsure.sum() > 1} or {c: float("nan") for c in lsq_configs}
+t_share = {c: 1 - k.loc[(c, "PTQ")].kl_at_tau / k.loc[(c, "PTQ")].kl for c in lsq_configs}
+if max(abs(v) for v in beyond.values()) < 0.1 and min(noise.values()) > -0.1:
+    display(Markdown(
+        f"What the fine-tune removes is the part of the KL that a temperature removes too: once each model is divided by its "
+        f"best τ, PTQ and QAT are within {max(abs(v) for v in beyond.values()):.0%} of each other in every configuration, and "
+        f"the spread of the margin error on the images FP32 is unsure of — which is what turns answers — moves by "
+        f"{min(noise.values()):+.0%} to {max(noise.values()):+.0%}. A single number (up to {max(t_share.values()):.0%} of PTQ's "
+        "KL) accounts for the KL gained; the errors that decide agreement stay as they were. The right panel shows where answers "
+        "turn: the margin error is of the same size at every margin, so it reaches the margin only on the images FP32 separates "
+        "least, and the fine-tune's curves lie on PTQ's. For a fine-tune on this data the KL is the wrong gauge of fidelity: "
+        "it can fall without a single answer changing."))
+else:
+    display(Markdown(
+        f"The fine-tune changes more than the logits' scale: at their best temperatures QAT's KL differs from PTQ's by "
+        f"{min(beyond.values()):+.0%} to {max(beyond.values()):+.0%}" + (
+            f", and the spread of the margin error on the images FP32 is unsure of by {min(noise.values()):+.0%} to "
+            f"{max(noise.values()):+.0%}." if unsure.sum() > 1 else ".")))
+"""),
+md("""
 ### A test of that explanation: distilling on images FP32 was not fitted on
 
 If the training images carry too little signal, a fine-tune on held-out images — where FP32 is
