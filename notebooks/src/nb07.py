@@ -397,8 +397,8 @@ if max(abs(v) for v in beyond.values()) < 0.1 and min(noise.values()) > -0.1:
         f"the spread of the margin error on the images FP32 is unsure of — which is what turns answers — moves by "
         f"{min(noise.values()):+.0%} to {max(noise.values()):+.0%}. A single number (up to {max(t_share.values()):.0%} of PTQ's "
         "KL) accounts for the KL gained; the errors that decide agreement stay as they were. The right panel shows where answers "
-        "turn: the margin error is of the same size at every margin, so it reaches the margin only on the images FP32 separates "
-        "least, and the fine-tune's curves lie on PTQ's. For a fine-tune on this data the KL is the wrong gauge of fidelity: "
+        "turn: the margin error reaches the margin (the dotted line) only on the images FP32 separates least, and there the "
+        "fine-tune's curves lie on PTQ's. For a fine-tune on this data the KL is the wrong gauge of fidelity: "
         "it can fall without a single answer changing."))
 else:
     display(Markdown(
