@@ -363,8 +363,7 @@ for c in lsq_configs:
         e_u = err[torch.from_numpy(unsure)]
         if c.endswith("A4"):
             errors[f"{c} {kind}"] = err
-        kl_rows.append({"model": f"{c} {kind}", "config": c, "kind": kind, "agreement": measure.fidelity(z, ref.fp_fid)["agreement"],
-                        "kl": measure.fidelity(z, ref.fp_fid)["kl"], "tau": tau, "kl_at_tau": kl_tau,
+        kl_rows.append({"model": f"{c} {kind}", "config": c, "kind": kind, **measure.fidelity(z, ref.fp_fid), "tau": tau, "kl_at_tau": kl_tau,
                         "margin error sd (all)": err.std().item(),
                         "margin error mean (FP32 unsure)": e_u.mean().item() if len(e_u) else float("nan"),
                         "margin error sd (FP32 unsure)": e_u.std().item() if len(e_u) > 1 else float("nan")})
@@ -390,13 +389,15 @@ beyond = {c: k.loc[(c, "QAT")].kl_at_tau / k.loc[(c, "PTQ")].kl_at_tau - 1 for c
 noise = {c: k.loc[(c, "QAT"), "margin error sd (FP32 unsure)"] / k.loc[(c, "PTQ"), "margin error sd (FP32 unsure)"] - 1
          for c in lsq_configs if unsure.sum() > 1} or {c: float("nan") for c in lsq_configs}
 t_share = {c: 1 - k.loc[(c, "PTQ")].kl_at_tau / k.loc[(c, "PTQ")].kl for c in lsq_configs}
+ft_share = {c: 1 - k.loc[(c, "QAT")].kl / k.loc[(c, "PTQ")].kl for c in lsq_configs}
 if max(abs(v) for v in beyond.values()) < 0.1 and min(noise.values()) > -0.1:
     display(Markdown(
         f"What the fine-tune removes is the part of the KL that a temperature removes too: once each model is divided by its "
         f"best τ, PTQ and QAT are within {max(abs(v) for v in beyond.values()):.0%} of each other in every configuration, and "
         f"the spread of the margin error on the images FP32 is unsure of — which is what turns answers — moves by "
-        f"{min(noise.values()):+.0%} to {max(noise.values()):+.0%}. A single number (up to {max(t_share.values()):.0%} of PTQ's "
-        "KL) accounts for the KL gained; the errors that decide agreement stay as they were. The right panel shows where answers "
+        f"{min(noise.values()):+.0%} to {max(noise.values()):+.0%}. One number per model removes {min(t_share.values()):.0%}–{max(t_share.values()):.0%} of "
+        f"PTQ's KL, the fine-tune {min(ft_share.values()):.0%}–{max(ft_share.values()):.0%}; the errors that decide agreement "
+        "stay as they were. The right panel shows where answers "
         "turn: the margin error reaches the margin (the dotted line) only on the images FP32 separates least, and there the "
         "fine-tune's curves lie on PTQ's. For a fine-tune on this data the KL is the wrong gauge of fidelity: "
         "it can fall without a single answer changing."))
