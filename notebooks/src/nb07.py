@@ -508,7 +508,9 @@ msg.append(f"{held_config} distilled on half of the validation tracks (a test, n
 display(Markdown("**Targets (measured):** " + "; ".join(msg) + f". Chapter time: {(time.time() - t_chapter) / 60:.1f} min."))
 answer = (f"**When is QAT worth it here?** At 8 bits it buys nothing: PTQ is within noise of FP32. With low-bit weights or "
           f"4-bit activations, a minute of LSQ moves held-out agreement by {min(gain.values()):+.2f} to {max(gain.values()):+.2f} points "
-          f"and the KL to FP32 by {min(dkl.values()):+.0%} to {max(dkl.values()):+.0%}; ")
+          f"and the KL to FP32 by {min(dkl.values()):+.0%} to {max(dkl.values()):+.0%}" +
+          (f" — a change of the logits' scale (at their best temperatures PTQ and QAT are within {max(abs(v) for v in beyond.values()):.0%}), "
+           "not of the margins that decide answers; " if max(abs(v) for v in beyond.values()) < 0.1 else "; "))
 if "W4A4" in lsq_configs:
     answer += (f"keeping the first and last layer at 8 bits, which costs nothing, removed {share:.0%} of W4A4's agreement loss. ")
 answer += (f"A fine-tune that wins back agreement needs inputs near FP32's decision boundary that FP32 was not fitted on: "
