@@ -465,7 +465,8 @@ def scale_vs_margins(kl_df, ref_margin, errors: dict, bin_width: float = 0.5, mi
     """Two panels. Left: each model's KL to FP32 (``kl_df``: columns model, kl, kl_at_tau) as it
     is and after dividing its logits by its best single temperature — the part a temperature
     removes changes no answer. Right: the root-mean-square error of each model's margin
-    (``errors``: {label: per-image error, from ``measure.margin_error``}) in bins of FP32's own
+    (``errors``: {"<config> PTQ" or "<config> QAT": per-image error, from
+    ``measure.margin_error``}; one colour per config, PTQ dashed) in bins of FP32's own
     margin ``ref_margin`` (bins of ``bin_width`` holding at least ``min_images`` images), with the
     line where the error equals the margin: images whose error
     goes below minus their margin change answer, so a model flips images where its curve is

@@ -374,29 +374,29 @@ display(kl_df.drop(columns=["config", "kind"]).set_index("model").style.format(
     f"held-out logits ({len(fp_p):,} images; FP32 unsure: top-1 probability < 0.5, {int(unsure.sum()):,} images)"))
 fig = plots.scale_vs_margins(kl_df[kl_df.config.str.endswith("A4")], fp_margin, errors)
 k = kl_df.set_index(["config", "kind"])
-parts = []
-for c in lsq_configs:
-    p, q = k.loc[(c, "PTQ")], k.loc[(c, "QAT")]
-    parts.append(
-        f"**{c}**: the fine-tune takes the KL from {p.kl:.4f} to {q.kl:.4f} ({q.kl / p.kl - 1:+.0%}); one temperature alone "
-        f"(τ = {p.tau:.2f}) takes PTQ's to {p.kl_at_tau:.4f} ({p.kl_at_tau / p.kl - 1:+.0%}), and at their best temperatures "
-        f"QAT is at {q.kl_at_tau:.4f} against PTQ's {p.kl_at_tau:.4f} ({q.kl_at_tau / p.kl_at_tau - 1:+.0%}). " +
-        (f"The spread of the margin error on the images FP32 is unsure of goes from {p['margin error sd (FP32 unsure)']:.3f} to "
-         f"{q['margin error sd (FP32 unsure)']:.3f} ({q['margin error sd (FP32 unsure)'] / p['margin error sd (FP32 unsure)'] - 1:+.0%})."
-         if unsure.sum() > 1 else "Too few images here that FP32 is unsure of to measure its margins' error there."))
-display(Markdown("\\n\\n".join("- " + x for x in parts)))
-beyond = {c: k.loc[(c, "QAT")].kl_at_tau / k.loc[(c, "PTQ")].kl_at_tau - 1 for c in lsq_configs}
-noise = {c: k.loc[(c, "QAT"), "margin error sd (FP32 unsure)"] / k.loc[(c, "PTQ"), "margin error sd (FP32 unsure)"] - 1
-         for c in lsq_configs if unsure.sum() > 1} or {c: float("nan") for c in lsq_configs}
-t_share = {c: 1 - k.loc[(c, "PTQ")].kl_at_tau / k.loc[(c, "PTQ")].kl for c in lsq_configs}
-ft_share = {c: 1 - k.loc[(c, "QAT")].kl / k.loc[(c, "PTQ")].kl for c in lsq_configs}
-if max(abs(v) for v in beyond.values()) < 0.1 and min(noise.values()) > -0.1:
+ptq_k, qat_k = k.xs("PTQ", level="kind"), k.xs("QAT", level="kind")
+sd_u = "margin error sd (FP32 unsure)"
+ch = pd.DataFrame({"fine_tune": qat_k.kl / ptq_k.kl - 1,              # relative changes, per configuration
+                   "temperature": ptq_k.kl_at_tau / ptq_k.kl - 1,
+                   "beyond": qat_k.kl_at_tau / ptq_k.kl_at_tau - 1,
+                   "noise": qat_k[sd_u] / ptq_k[sd_u] - 1})          # NaN without two FP32-unsure images
+has_unsure = unsure.sum() > 1
+display(Markdown("\\n\\n".join(
+    f"- **{c}**: the fine-tune takes the KL from {ptq_k.kl[c]:.4f} to {qat_k.kl[c]:.4f} ({r.fine_tune:+.0%}); one temperature alone "
+    f"(τ = {ptq_k.tau[c]:.2f}) takes PTQ's to {ptq_k.kl_at_tau[c]:.4f} ({r.temperature:+.0%}), and at their best temperatures "
+    f"QAT is at {qat_k.kl_at_tau[c]:.4f} against PTQ's {ptq_k.kl_at_tau[c]:.4f} ({r.beyond:+.0%}). " +
+    (f"The spread of the margin error on the images FP32 is unsure of goes from {ptq_k[sd_u][c]:.3f} to {qat_k[sd_u][c]:.3f} ({r.noise:+.0%})."
+     if has_unsure else "Too few images here that FP32 is unsure of to measure its margins' error there.")
+    for c, r in ch.loc[lsq_configs].iterrows())))
+scale_gap = ch.beyond.abs().max()     # how far apart PTQ and QAT are once each is at its best temperature
+scale_only = scale_gap < 0.1
+if scale_only and has_unsure and ch.noise.min() > -0.1:
     display(Markdown(
         f"What the fine-tune removes is the part of the KL that a temperature removes too: once each model is divided by its "
-        f"best τ, PTQ and QAT are within {max(abs(v) for v in beyond.values()):.0%} of each other in every configuration, and "
+        f"best τ, PTQ and QAT are within {scale_gap:.0%} of each other in every configuration, and "
         f"the spread of the margin error on the images FP32 is unsure of — which is what turns answers — moves by "
-        f"{min(noise.values()):+.0%} to {max(noise.values()):+.0%}. One number per model removes {min(t_share.values()):.0%}–{max(t_share.values()):.0%} of "
-        f"PTQ's KL, the fine-tune {min(ft_share.values()):.0%}–{max(ft_share.values()):.0%}; the errors that decide agreement "
+        f"{ch.noise.min():+.0%} to {ch.noise.max():+.0%}. One number per model removes {-ch.temperature.max():.0%}–{-ch.temperature.min():.0%} of "
+        f"PTQ's KL, the fine-tune {-ch.fine_tune.max():.0%}–{-ch.fine_tune.min():.0%}; the errors that decide agreement "
         "stay as they were. The right panel shows where answers "
         "turn: the margin error reaches the margin (the dotted line) only on the images FP32 separates least, and there the "
         "fine-tune's curves lie on PTQ's. For a fine-tune on this data the KL is the wrong gauge of fidelity: "
@@ -404,9 +404,9 @@ if max(abs(v) for v in beyond.values()) < 0.1 and min(noise.values()) > -0.1:
 else:
     display(Markdown(
         f"The fine-tune changes more than the logits' scale: at their best temperatures QAT's KL differs from PTQ's by "
-        f"{min(beyond.values()):+.0%} to {max(beyond.values()):+.0%}" + (
-            f", and the spread of the margin error on the images FP32 is unsure of by {min(noise.values()):+.0%} to "
-            f"{max(noise.values()):+.0%}." if unsure.sum() > 1 else ".")))
+        f"{ch.beyond.min():+.0%} to {ch.beyond.max():+.0%}" + (
+            f", and the spread of the margin error on the images FP32 is unsure of by {ch.noise.min():+.0%} to "
+            f"{ch.noise.max():+.0%}." if has_unsure else ".")))
 """),
 md("""
 ### A test of that explanation: distilling on images FP32 was not fitted on
@@ -509,8 +509,8 @@ display(Markdown("**Targets (measured):** " + "; ".join(msg) + f". Chapter time:
 answer = (f"**When is QAT worth it here?** At 8 bits it buys nothing: PTQ is within noise of FP32. With low-bit weights or "
           f"4-bit activations, a minute of LSQ moves held-out agreement by {min(gain.values()):+.2f} to {max(gain.values()):+.2f} points "
           f"and the KL to FP32 by {min(dkl.values()):+.0%} to {max(dkl.values()):+.0%}" +
-          (f" — a change of the logits' scale (at their best temperatures PTQ and QAT are within {max(abs(v) for v in beyond.values()):.0%}), "
-           "not of the margins that decide answers; " if max(abs(v) for v in beyond.values()) < 0.1 else "; "))
+          (f" — a change of the logits' scale (at their best temperatures PTQ and QAT are within {scale_gap:.0%}), "
+           "not of the margins that decide answers; " if scale_only else "; "))
 if "W4A4" in lsq_configs:
     answer += (f"keeping the first and last layer at 8 bits, which costs nothing, removed {share:.0%} of W4A4's agreement loss. ")
 answer += (f"A fine-tune that wins back agreement needs inputs near FP32's decision boundary that FP32 was not fitted on: "
