@@ -46,7 +46,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -516,15 +516,18 @@ def clamp_steps_(model: nn.Module) -> None:
 
 def lsq_train(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings,
               init_model: Optional[nn.Module] = None, calib_x: Optional[torch.Tensor] = None,
-              progress: bool = True, device=None, validate: bool = True):
+              progress: bool = True, device=None, validate: bool = True,
+              on_step: Optional[Callable[[nn.Module, int], None]] = None):
     """LSQ QAT of the FP ResNet-18 (not changed): returns ``(LSQ model, history)``.
 
     ``init_model``: a GPTQ/RTN solution (BN-folded layers carrying ``qweight``) to start
     from; ``calib_x``: calibration images (default ``calib.sample(splits, 256)``, train
     split). ``validate=False`` skips the per-epoch pass over ``splits.val`` (the history's
-    ``val_acc`` is then NaN), for runs whose curve is not used. The returned model runs the
-    fake-quant forward; ``export_model`` gives the plain model with QTensors for
-    ``export.save``, ``to_int8`` its int8-engine version.
+    ``val_acc`` is then NaN), for runs whose curve is not used. ``on_step(model, step)`` is
+    called after every optimizer step (``step`` counts from 1; the learned steps are already
+    clamped), e.g. to measure the model along the way (``lsq_curve``); the model is put back in
+    training mode after it. The returned model runs the fake-quant forward; ``export_model``
+    gives the plain model with QTensors for ``export.save``, ``to_int8`` its int8-engine version.
     """
     if not isinstance(settings, QATSettings):
         raise ValueError(f"settings={settings!r}: expected a QATSettings")
@@ -533,9 +536,19 @@ def lsq_train(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings,
     torch.manual_seed(settings.seed)
     model = lsq_model(model_fp, settings, init_model, calib_x)
     teacher = quant.fold_batchnorm(model_fp).eval() if settings.distill > 0 else None
+    done = 0
+
+    def after_step(m):
+        nonlocal done
+        clamp_steps_(m)
+        if on_step is not None:
+            done += 1
+            on_step(m, done)
+            m.train()
+
     hist = _fit(model, splits, settings, teacher=teacher, device=device, progress=progress,
                 desc=f"LSQ W{settings.w_bits}A{settings.a_bits or 32}",
-                after_step=clamp_steps_, evaluate=None if validate else (lambda m: float("nan")))
+                after_step=after_step, evaluate=None if validate else (lambda m: float("nan")))
     return model.cpu().eval(), hist
 
 
@@ -572,3 +585,137 @@ def to_int8(model: nn.Module, calib_x: torch.Tensor, observer: str = "histogram"
     """The int8-engine model of an LSQ model: its weight codes run exactly; activations are
     8-bit, calibrated by the engine's observers on ``calib_x`` (meaningful for a_bits=8)."""
     return int8.convert(export_model(model), calib_x, observer=observer)
+
+
+# --------------------------------------------------------------------------------------
+# How the fine-tune's result grows with its length (``python -m qlib.qat``)
+# --------------------------------------------------------------------------------------
+
+def parse_config(config: str) -> tuple:
+    """``"W2A4"`` -> ``(2, 4)``: weight and activation bits of an LSQ configuration, each 2..8."""
+    import re
+
+    m = re.fullmatch(r"W(\d)A(\d)", config) if isinstance(config, str) else None
+    if m is None or not all(2 <= int(b) <= 8 for b in m.groups()):
+        raise ValueError(f"config={config!r}: expected 'W<bits>A<bits>' with bits 2..8, e.g. 'W2A4'")
+    return int(m.group(1)), int(m.group(2))
+
+
+def lsq_curve(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings, reference,
+              every: int, init_model: Optional[nn.Module] = None,
+              calib_x: Optional[torch.Tensor] = None, progress: bool = True,
+              on_row: Optional[Callable[[dict], None]] = None):
+    """An LSQ fine-tune (``lsq_train``, without the per-epoch validation pass) measured against
+    FP every ``every`` optimizer steps and at its end: returns ``(model, rows)``, one row per
+    measurement — step 0 is the starting (PTQ) model — holding ``reference.row``'s numbers
+    (agreement, KL, accuracy, ...) and ``step`` and ``train_seconds``, the training time so far
+    without the measurements'. The measurements change no parameter and draw no random numbers,
+    so the model is the one ``lsq_train`` returns for the same settings. ``on_row(row)`` is
+    called with each row as it is measured.
+    """
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every={every!r}: expected an integer >= 1 (optimizer steps between measurements)")
+    if calib_x is None and settings.a_bits is not None:
+        calib_x, _ = calib.sample(splits, 256, seed=settings.seed)
+    rows = []
+
+    def add(row):
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
+    add({"step": 0, "train_seconds": 0.0, **reference.row(lsq_model(model_fp, settings, init_model, calib_x))})
+    spent, last = 0.0, time.perf_counter()
+
+    def measure(m, step):
+        nonlocal spent, last
+        spent += time.perf_counter() - last
+        m.eval()
+        add({"step": step, "train_seconds": spent, **reference.row(m)})
+        last = time.perf_counter()
+
+    def on_step(m, step):
+        if step % every == 0:
+            measure(m, step)
+
+    model, hist = lsq_train(model_fp, splits, settings, init_model=init_model, calib_x=calib_x,
+                            progress=progress, validate=False, on_step=on_step)
+    total = sum(hist["steps"])
+    if rows[-1]["step"] != total:
+        measure(model, total)
+    return model, rows
+
+
+def main(argv=None) -> int:
+    """Command line: one long LSQ fine-tune with the measurements of ``lsq_curve``."""
+    import argparse
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    from . import gptq, measure
+    from .config import Config
+
+    ap = argparse.ArgumentParser(
+        prog="python -m qlib.qat",
+        description="One LSQ fine-tune of the FP32 baseline (chapter 07's recipe: GPTQ start, conv1/fc at "
+                    "8 bits, distillation to FP32, mixup, Adam, cosine schedule over all steps), with its "
+                    "agreement and KL to FP32 on the held-out images measured along the way. Data: QLIB_DATA.")
+    ap.add_argument("--config", default="W2A4", help="weight and activation bits, e.g. W2A4 (default)")
+    ap.add_argument("--steps", type=int, default=270, help="optimizer steps of batch 128 in all (default 270)")
+    ap.add_argument("--every", type=int, default=None, help="steps between measurements (default steps/10)")
+    ap.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the weights (default 1e-4)")
+    ap.add_argument("--step-lr", type=float, default=1e-3, help="of the steps' logarithms (default 1e-3)")
+    ap.add_argument("--mixup", type=float, default=0.4)
+    ap.add_argument("--seed", type=int, default=None, help="the fine-tune's seed (default: QLIB_SEED's)")
+    ap.add_argument("--out", default=None, help="also write the rows as JSON to this file")
+    a = ap.parse_args(argv)
+    cfg = Config.from_env()
+    try:
+        w, b = parse_config(a.config)
+        if a.steps < 1:
+            raise ValueError(f"--steps {a.steps}: expected an integer >= 1")
+        every = a.every if a.every is not None else max(1, a.steps // 10)
+        splits = qdata.load(cfg)
+        n_batches = math.ceil(len(splits.train) / 128)
+        keep = ("conv1", "fc")
+        s = QATSettings(epochs=math.ceil(a.steps / n_batches), max_steps=a.steps, lr=a.lr, step_lr=a.step_lr,
+                        optimizer="adam", distill=1.0, mixup=a.mixup, keep_8bit=keep, w_bits=w, a_bits=b,
+                        seed=cfg.seed if a.seed is None else a.seed)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    fp, _ = models.baseline(cfg, splits)
+    calib_x, _ = calib.sample(splits, cfg.calib_size, cfg.seed)
+    ref = measure.Reference(fp, splits)
+    qs = quant.QuantSettings(bits=w, symmetric=True, granularity="channel")
+    init, _ = gptq.quantize_model(fp, calib_x, gptq.GPTQSettings(quant=qs, fold_bn=True, act_order=True,
+                                                                  keep_8bit=keep), progress=False)
+    print(f"{a.config}: {s.max_steps} steps over {s.epochs} epochs of {len(splits.train)} training images; "
+          f"agreement and KL on {ref.fp['n_fidelity']} held-out images every {every} steps", flush=True)
+    p0 = None
+
+    def show(r):
+        nonlocal p0
+        p0 = r["agreement"] if p0 is None else p0
+        rec = (r["agreement"] - p0) / (1 - p0) if p0 < 1 else float("nan")
+        print(f"step {r['step']:>5}  train {r['train_seconds'] / 60:5.1f} min  agreement {r['agreement']:.2%}  "
+              f"recovered {rec:+.0%} of PTQ's loss  KL {r['kl']:.4f}  test accuracy {r['accuracy']:.2%}",
+              flush=True)
+
+    _, rows = lsq_curve(fp, splits, s, ref, every, init_model=init, calib_x=calib_x, progress=False, on_row=show)
+    if a.out:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"config": a.config, "settings": {k: getattr(s, k) for k in (
+            "epochs", "max_steps", "lr", "step_lr", "mixup", "distill", "seed", "keep_8bit")},
+            "rows": rows}, indent=1))
+        os.replace(tmp, out)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -249,3 +249,51 @@ def test_int8_qat_needs_8_bits(fp, splits):
         qat.lsq_model(fp, QATSettings(w_bits=4, a_bits=4))
     with pytest.raises(ValueError, match="'head'"):
         qat.lsq_model(fp, QATSettings(w_bits=4, a_bits=None, keep_8bit=("head",)))
+
+
+# ---- the fine-tune measured along the way (lsq_curve, python -m qlib.qat) ----------------
+
+def test_lsq_curve_measures_without_changing_the_training(fp, splits, x):
+    from qlib import measure
+    ref = measure.Reference(fp, splits)
+    s = QATSettings(epochs=2, w_bits=4, a_bits=4, optimizer="adam", lr=1e-3, step_lr=1e-2,
+                    distill=1.0, mixup=0.4, **{**FAST, "max_steps": 4})
+    seen = []
+    m, rows = qat.lsq_curve(fp, splits, s, ref, every=3, calib_x=x, progress=False, on_row=seen.append)
+    assert [r["step"] for r in rows] == [0, 3, 4] and seen == rows  # every 3 steps, and the end
+    assert rows[0] == {"step": 0, "train_seconds": 0.0, **ref.row(qat.lsq_model(fp, s, calib_x=x))}
+    assert 0 < rows[1]["train_seconds"] <= rows[2]["train_seconds"]
+    assert rows[2] == {**ref.row(m), "step": 4, "train_seconds": rows[2]["train_seconds"]}
+    plain, _ = qat.lsq_train(fp, splits, s, calib_x=x, progress=False, validate=False)
+    a, b = m.state_dict(), plain.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # measuring changed nothing in the training
+    assert any(not torch.equal(a[k], v) for k, v in qat.lsq_model(fp, s, calib_x=x).state_dict().items())
+    with pytest.raises(ValueError, match="every=0: expected an integer >= 1"):
+        qat.lsq_curve(fp, splits, s, ref, every=0, calib_x=x)
+
+
+def test_on_step_sees_every_optimizer_step(fp, splits, x):
+    s = QATSettings(epochs=2, w_bits=4, a_bits=8, **{**FAST, "max_steps": 4})
+    calls = []
+    qat.lsq_train(fp, splits, s, calib_x=x, progress=False, validate=False,
+                  on_step=lambda m, k: (m.eval(), calls.append(k)))
+    assert calls == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("config,bits", [("W2A4", (2, 4)), ("W4A8", (4, 8)), ("W8A2", (8, 2))])
+def test_parse_config(config, bits):
+    assert qat.parse_config(config) == bits
+
+
+@pytest.mark.parametrize("config", ["W1A4", "W2A9", "w2a4", "W2", "W16A4", "", 24])
+def test_parse_config_rejects_what_is_not_a_config(config):
+    with pytest.raises(ValueError, match=f"config={config!r}: expected 'W<bits>A<bits>'"):
+        qat.parse_config(config)
+
+
+def test_command_line_rejects_bad_arguments_before_loading_data(capsys, monkeypatch):
+    monkeypatch.setenv("QLIB_DATA", "/nonexistent/folder")  # never read: the arguments fail first
+    assert qat.main(["--config", "W9A4"]) == 2
+    assert "config='W9A4'" in capsys.readouterr().err
+    assert qat.main(["--steps", "0"]) == 2
+    assert "--steps 0: expected an integer >= 1" in capsys.readouterr().err
