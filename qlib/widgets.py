@@ -96,7 +96,7 @@ def qat_panel(fp, splits, calib_x, settings, n_train: int = 256, n_val: int = 25
     fp_acc = models.evaluate(fp, small.val)["accuracy"]
 
     def update(bits, epochs):
-        w, a = (int(b) for b in bits[1:].split("A"))
+        w, a = qat.parse_config(bits)
         s = dataclasses.replace(settings, epochs=epochs, w_bits=w, a_bits=a, batch_size=batch_size,
                                 max_steps=epochs * steps_per_epoch, seed=seed)
         start = models.evaluate(qat.lsq_model(fp, s, calib_x=cx), small.val)["accuracy"]
