@@ -297,3 +297,19 @@ def test_command_line_rejects_bad_arguments_before_loading_data(capsys, monkeypa
     assert "config='W9A4'" in capsys.readouterr().err
     assert qat.main(["--steps", "0"]) == 2
     assert "--steps 0: expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_command_line_runs_end_to_end_in_smoke_mode(tmp_path, monkeypatch, capsys):
+    """Data, baseline, GPTQ start, the measured fine-tune and its JSON (synthetic smoke data)."""
+    import json
+    monkeypatch.setenv("QLIB_SMOKE", "1")
+    monkeypatch.setenv("QLIB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "runs" / "w4a8.json"
+    assert qat.main(["--config", "W4A8", "--steps", "3", "--every", "2", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["config"] == "W4A8" and res["settings"]["max_steps"] == 3
+    assert [r["step"] for r in res["rows"]] == [0, 2, 3]
+    assert all(0 <= r["agreement"] <= 1 and r["kl"] >= 0 for r in res["rows"])
+    assert list(out.parent.iterdir()) == [out]  # written under a temporary name, then renamed
+    printed = capsys.readouterr().out
+    assert "W4A8: 3 steps" in printed and printed.count("agreement") == 4  # header + 3 rows
