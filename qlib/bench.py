@@ -12,7 +12,6 @@ hits every variant alike; throughput is reported as a ratio to FP32 measured in 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -119,13 +118,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(res))
-    from .results import results_dir
+    from .results import results_dir, write_json
 
-    out = Path(a.out) if a.out else results_dir(cfg) / "bench.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    os.replace(tmp, out)
+    out = write_json(res, Path(a.out) if a.out else results_dir(cfg) / "bench.json")
     print(f"wrote {out}")
     return 0
 

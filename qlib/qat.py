@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -524,9 +525,9 @@ def lsq_train(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings,
     from; ``calib_x``: calibration images (default ``calib.sample(splits, 256)``, train
     split). ``validate=False`` skips the per-epoch pass over ``splits.val`` (the history's
     ``val_acc`` is then NaN), for runs whose curve is not used. ``on_step(model, step)`` is
-    called after every optimizer step (``step`` counts from 1; the learned steps are already
-    clamped), e.g. to measure the model along the way (``lsq_curve``); the model is put back in
-    training mode after it. The returned model runs the fake-quant forward; ``export_model``
+    called with the starting model (step 0) and after every optimizer step (the learned steps
+    already clamped), e.g. to measure the model along the way (``lsq_curve``); the model is put
+    back in training mode after it. The returned model runs the fake-quant forward; ``export_model``
     gives the plain model with QTensors for ``export.save``, ``to_int8`` its int8-engine version.
     """
     if not isinstance(settings, QATSettings):
@@ -545,6 +546,10 @@ def lsq_train(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings,
             done += 1
             on_step(m, done)
             m.train()
+
+    if on_step is not None:
+        on_step(model, 0)
+        model.train()
 
     hist = _fit(model, splits, settings, teacher=teacher, device=device, progress=progress,
                 desc=f"LSQ W{settings.w_bits}A{settings.a_bits or 32}",
@@ -593,8 +598,6 @@ def to_int8(model: nn.Module, calib_x: torch.Tensor, observer: str = "histogram"
 
 def parse_config(config: str) -> tuple:
     """``"W2A4"`` -> ``(2, 4)``: weight and activation bits of an LSQ configuration, each 2..8."""
-    import re
-
     m = re.fullmatch(r"W(\d)A(\d)", config) if isinstance(config, str) else None
     if m is None or not all(2 <= int(b) <= 8 for b in m.groups()):
         raise ValueError(f"config={config!r}: expected 'W<bits>A<bits>' with bits 2..8, e.g. 'W2A4'")
@@ -615,8 +618,6 @@ def lsq_curve(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings, 
     """
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every={every!r}: expected an integer >= 1 (optimizer steps between measurements)")
-    if calib_x is None and settings.a_bits is not None:
-        calib_x, _ = calib.sample(splits, 256, seed=settings.seed)
     rows = []
 
     def add(row):
@@ -624,14 +625,13 @@ def lsq_curve(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings, 
         if on_row is not None:
             on_row(row)
 
-    add({"step": 0, "train_seconds": 0.0, **reference.row(lsq_model(model_fp, settings, init_model, calib_x))})
     spent, last = 0.0, time.perf_counter()
 
-    def measure(m, step):
+    def measure(m, step):  # the time to build the starting model counts as training, from step 1
         nonlocal spent, last
         spent += time.perf_counter() - last
         m.eval()
-        add({"step": step, "train_seconds": spent, **reference.row(m)})
+        add({"step": step, "train_seconds": spent if step else 0.0, **reference.row(m)})
         last = time.perf_counter()
 
     def on_step(m, step):
@@ -649,12 +649,10 @@ def lsq_curve(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings, 
 def main(argv=None) -> int:
     """Command line: one long LSQ fine-tune with the measurements of ``lsq_curve``."""
     import argparse
-    import json
-    import os
     import sys
-    from pathlib import Path
 
     from . import gptq, measure
+    from .results import write_json
     from .config import Config
 
     ap = argparse.ArgumentParser(
@@ -678,7 +676,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--steps {a.steps}: expected an integer >= 1")
         every = a.every if a.every is not None else max(1, a.steps // 10)
         splits = qdata.load(cfg)
-        n_batches = math.ceil(len(splits.train) / 128)
+        n_batches = math.ceil(len(splits.train) / QATSettings.batch_size)
         keep = ("conv1", "fc")
         s = QATSettings(epochs=math.ceil(a.steps / n_batches), max_steps=a.steps, lr=a.lr, step_lr=a.step_lr,
                         optimizer="adam", distill=1.0, mixup=a.mixup, keep_8bit=keep, w_bits=w, a_bits=b,
@@ -706,13 +704,9 @@ def main(argv=None) -> int:
 
     _, rows = lsq_curve(fp, splits, s, ref, every, init_model=init, calib_x=calib_x, progress=False, on_row=show)
     if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps({"config": a.config, "settings": {k: getattr(s, k) for k in (
+        out = write_json({"config": a.config, "settings": {k: getattr(s, k) for k in (
             "epochs", "max_steps", "lr", "step_lr", "mixup", "distill", "seed", "keep_8bit")},
-            "rows": rows}, indent=1))
-        os.replace(tmp, out)
+            "rows": rows}, a.out)
         print(f"wrote {out}")
     return 0
 

@@ -48,13 +48,22 @@ def record(chapter: str, rows: list, cfg=None, data: str | None = None) -> Path:
              "data": data or "", "image_size": getattr(cfg, "image_size", None),
              "split": getattr(cfg, "split", None), "smoke": bool(getattr(cfg, "smoke", False))}
     out = [{**stamp, **r} for r in rows]
-    d = results_dir(cfg)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{chapter}.json"
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{chapter}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(out, f, indent=1, default=_jsonable)
-    os.replace(tmp, path)
+    return write_json(out, results_dir(cfg) / f"{chapter}.json")
+
+
+def write_json(obj, path) -> Path:
+    """JSON to a temporary file in the same folder, then renamed: never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, default=_jsonable)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path
 
 

@@ -112,6 +112,18 @@ def test_results_record_and_table(tmp_path, monkeypatch):
         results.record("x", [{"bits": 4}])
 
 
+def test_write_json_never_leaves_a_partial_file(tmp_path):
+    path = tmp_path / "out" / "rows.json"
+    assert results.write_json({"rows": [1, torch.tensor(2.5)]}, path) == path
+    assert json.loads(path.read_text()) == {"rows": [1, 2.5]}
+    loop = [1]
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular reference"):
+        results.write_json({"rows": loop}, path)  # fails halfway through the dump
+    assert json.loads(path.read_text()) == {"rows": [1, 2.5]}  # the old file, whole
+    assert [p.name for p in path.parent.iterdir()] == ["rows.json"]  # and no temporary file left
+
+
 def test_smoke_results_never_touch_the_book(tmp_path, monkeypatch):
     monkeypatch.delenv("QLIB_RESULTS", raising=False)
     cfg = Config.from_env(smoke=True, cache_dir=str(tmp_path))

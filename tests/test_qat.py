@@ -272,12 +272,12 @@ def test_lsq_curve_measures_without_changing_the_training(fp, splits, x):
         qat.lsq_curve(fp, splits, s, ref, every=0, calib_x=x)
 
 
-def test_on_step_sees_every_optimizer_step(fp, splits, x):
+def test_on_step_sees_the_start_and_every_optimizer_step(fp, splits, x):
     s = QATSettings(epochs=2, w_bits=4, a_bits=8, **{**FAST, "max_steps": 4})
     calls = []
     qat.lsq_train(fp, splits, s, calib_x=x, progress=False, validate=False,
                   on_step=lambda m, k: (m.eval(), calls.append(k)))
-    assert calls == [1, 2, 3, 4]
+    assert calls == [0, 1, 2, 3, 4]  # the start, then every optimizer step
 
 
 @pytest.mark.parametrize("config,bits", [("W2A4", (2, 4)), ("W4A8", (4, 8)), ("W8A2", (8, 2))])
