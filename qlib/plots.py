@@ -410,6 +410,45 @@ def qat_curves(curves: dict, starts: dict | None = None, title: str = "QAT train
     return fig
 
 
+def recovery_curves(curves: dict, draws: dict | None = None, target: float = 0.5,
+                    budget_min: float | None = None,
+                    title: str = "Recovery of PTQ's agreement loss against training time"):
+    """``curves``: label -> rows of ``qat.lsq_curve`` (step 0 = the PTQ model; ``train_seconds``,
+    ``agreement``, ``kl``). Left: the share of PTQ's agreement loss won back,
+    ``(a - a0) / (1 - a0)``, against minutes of training, with the ``target`` share dashed and
+    ``draws`` (label -> list of ``(minutes, recovery)``: short runs with other seeds) as open
+    markers. Right: KL to FP relative to PTQ's. ``budget_min`` draws the time limit."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, (label, rows) in enumerate(curves.items()):
+        color = plt.cm.tab10(i % 10)
+        a0, k0 = rows[0]["agreement"], rows[0]["kl"]
+        mins = [r["train_seconds"] / 60 for r in rows]
+        rec = [(r["agreement"] - a0) / max(1 - a0, 1e-9) * 100 for r in rows]
+        a.plot(mins, rec, marker="o", color=color, label=f"{label} (PTQ {a0:.2%})")
+        b.plot(mins, [r["kl"] / max(k0, 1e-12) for r in rows], marker="o", color=color, label=label)
+        for j, (m, r) in enumerate((draws or {}).get(label, [])):
+            a.scatter([m], [r * 100], s=40, facecolors="none", edgecolors=[color], zorder=3,
+                      label=f"{label}: short runs, one per seed" if j == 0 else None)
+    a.axhline(target * 100, ls="--", color="black", lw=1, label=f"target: {target:.0%} of the loss")
+    a.axhline(0, color="gray", lw=0.8)
+    b.axhline(1, color="gray", lw=0.8)
+    for ax in (a, b):
+        if budget_min is not None:
+            ax.axvline(budget_min, ls=":", color="gray", lw=1)
+            ax.annotate(f"{budget_min:g}-min limit", (budget_min, 0.02), xycoords=("data", "axes fraction"),
+                        ha="right", va="bottom", fontsize=7, color="gray", rotation=90)
+        ax.set_xlabel("minutes of training (measurements excluded)")
+    a.set_ylabel("recovered share of PTQ's loss (%)")
+    a.set_title("agreement with FP32 on the held-out images", fontsize=9)
+    b.set_ylabel("KL to FP32 / PTQ's KL")
+    b.set_title("KL to FP32 (1 = the PTQ start)", fontsize=9)
+    a.legend(fontsize=7)
+    b.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def qat_vs_ptq(df, title: str = "What training buys: agreement with FP32, PTQ vs QAT"):
     """Grouped bars: ``df`` with columns config, kind ("PTQ"/"QAT"), agreement; each bar is the
     loss in agreement (1 - agreement, in %) that QAT must win back, on a linear axis from 0 so

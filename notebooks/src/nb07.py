@@ -110,6 +110,8 @@ lsq_lr, lsq_step_lr = 1e-5, 1e-3  # LSQ: Adam learning rates of the weights and 
 lsq_keep_8bit = ["conv1", "fc"]   # layers whose weights and inputs stay at 8 bits (the LSQ paper's convention), PTQ and QAT alike
 held_config = "W2A4"    # the held-out distillation test: configuration,
 held_steps, held_lr = 60, 1e-4  # its optimizer steps (batch 128) and weights' learning rate
+spread_seeds = 2       # LSQ: extra fine-tunes of each A4 configuration with other seeds (how much one run's recovery varies)
+budget_steps, budget_every = 270, 54  # LSQ: the chapter's recipe over the 5-minute budget (~1.1 s per step), measured every 54 steps
 fidelity_limit = None  # agreement on val + test (held out from QAT training); a number subsamples it
 """),
 code("""
@@ -128,6 +130,7 @@ splits = qdata.load(cfg)
 plots.header(cfg, splits)
 if cfg.smoke:  # the same cells on a few steps
     int8_steps, lsq_steps, int8_epochs, lsq_epochs, lsq_configs, held_steps = 2, 2, 2, 1, ["W4A4", "W2A8"], 2
+    spread_seeds, budget_steps, budget_every = 1, 2, 1
 fp, _ = models.baseline(cfg, splits)
 calib_x, calib_idx = calib.sample(splits, cfg.calib_size, cfg.seed)
 # QAT trains on the whole train split; the fidelity set (validation + test) is held out from it, as in every chapter
@@ -205,7 +208,7 @@ def gptq_solution(w, keep_8bit):  # the chapter's GPTQ solution at w bits (keep_
                                progress=False)
     return g, time.time() - t
 gq, gptq_s = {}, {}
-for w in sorted({int(c[1:].split("A")[0]) for c in lsq_configs}):
+for w in sorted({qat.parse_config(c)[0] for c in lsq_configs}):
     gq[w], gptq_s[w] = gptq_solution(w, lsq_keep_8bit)
     print(f"GPTQ W{w}: {gptq_s[w]:.1f} s")
 """),
@@ -221,7 +224,7 @@ lsq_recipe = qat.QATSettings(epochs=lsq_epochs, lr=lsq_lr, step_lr=lsq_step_lr, 
                              distill=distill, mixup=mixup, keep_8bit=tuple(lsq_keep_8bit), seed=cfg.seed)
 low, curves, starts, lsq_models, ptq_models, fid_logits = [], {}, {}, {}, {}, {}
 for c in lsq_configs:
-    w, a = (int(b) for b in c[1:].split("A"))
+    w, a = qat.parse_config(c)
     s = replace(lsq_recipe, w_bits=w, a_bits=a)
     m0 = qat.lsq_model(fp, s, init_model=gq[w], calib_x=calib_x)
     starts[c], ptq_models[c] = models.evaluate(m0, splits.val)["accuracy"], m0
@@ -262,9 +265,65 @@ for c in lsq_configs:
     dkl[c] = kl["QAT"] / kl["PTQ"] - 1
     lines.append(f"* **{c}**: PTQ agreement {p:.2%} (loses {1 - p:.2%}), LSQ {q:.2%}: QAT wins back "
                  f"**{r:.0%}** of the loss; KL to FP32 {kl['PTQ']:.4f} → {kl['QAT']:.4f} ({dkl[c]:+.0%}); "
-                 f"{cost / 60:.1f} min of training vs {gptq_s[int(c[1])]:.0f} s of GPTQ.")
+                 f"{cost / 60:.1f} min of training vs {gptq_s[qat.parse_config(c)[0]]:.0f} s of GPTQ.")
 display(Markdown("\\n".join(lines)))
 fig = plots.qat_vs_ptq(lowdf[lowdf.engine == "float (fake-quant)"])
+"""),
+md("""
+### One run is one draw, and five minutes of training
+
+The recoveries above come from one fine-tune each, and a few dozen images decide them: W4A4's PTQ
+model disagrees with FP32 on about one held-out image in fifty, so one image is about 2% of its
+loss. The fine-tune's seed (batch order, augmentation, mixup) changes which of those images flip.
+So each A4 configuration is fine-tuned again with other seeds, same recipe and same number of steps.
+Then the same recipe gets the whole 5-minute budget of the targets, with its cosine schedule
+stretched over all the steps. It is measured against FP32 along the way with `qat.lsq_curve`. The
+measurements change nothing in the training, and their time is not counted. Runs longer than the
+budget are one command, `python -m qlib.qat` (README, "Longer QAT runs").
+"""),
+code("""
+import math
+a4 = [c for c in lsq_configs if qat.parse_config(c)[1] == 4]
+n_batches = math.ceil(len(splits.train) / lsq_recipe.batch_size)
+draws, budget_curves, spread_rows = {}, {}, []
+for c in a4:
+    w, a = qat.parse_config(c)
+    p0, q0, r0 = recovery(c)
+    s_c = replace(lsq_recipe, w_bits=w, a_bits=a)
+    spread_rows.append({"config": c, "seed": cfg.seed, "agreement": q0, "recovered": r0})
+    qat_row = lowdf[(lowdf.config == c) & (lowdf.kind == "QAT") & (lowdf.engine == "float (fake-quant)")].iloc[0]
+    draws[c] = [((qat_row["seconds"] - gptq_s[w]) / 60, r0)]  # the table's run (its time includes 3 validation passes)
+    for k in range(1, spread_seeds + 1):
+        t = time.time()
+        m_k, _ = qat.lsq_train(fp, splits, replace(s_c, seed=cfg.seed + k), init_model=gq[w], calib_x=calib_x,
+                               progress=False, validate=False)
+        minutes = (time.time() - t) / 60
+        q = ref.row(m_k)["agreement"]
+        spread_rows.append({"config": c, "seed": cfg.seed + k, "agreement": q, "recovered": (q - p0) / max(1 - p0, 1e-9)})
+        draws[c].append((minutes, spread_rows[-1]["recovered"]))
+    s_b = replace(s_c, epochs=math.ceil(budget_steps / n_batches), max_steps=budget_steps)
+    _, budget_curves[c] = qat.lsq_curve(fp, splits, s_b, ref, budget_every, init_model=gq[w], calib_x=calib_x, progress=False)
+spread = pd.DataFrame(spread_rows)
+display(spread.pivot(index="seed", columns="config", values="recovered").style.format("{:+.0%}").set_caption(
+    f"Share of PTQ's agreement loss won back by the chapter's {lsq_steps}-step fine-tune, per seed"))
+budget_min = {c: rows[-1]["train_seconds"] / 60 for c, rows in budget_curves.items()}
+budget_rec = {c: [(r["agreement"] - rows[0]["agreement"]) / max(1 - rows[0]["agreement"], 1e-9) for r in rows]
+              for c, rows in budget_curves.items()}
+if budget_curves:
+    fig = plots.recovery_curves(budget_curves, draws, target=0.5, budget_min=5.0,
+                                title=f"LSQ from GPTQ: {budget_steps} steps with the chapter's recipe (open circles: "
+                                      f"{lsq_steps}-step runs, {1 + spread_seeds} seeds)")
+    lines = []
+    for c in a4:
+        r = spread[spread.config == c]["recovered"]
+        lines.append(f"* **{c}**: over {len(r)} seeds the {lsq_steps}-step fine-tune wins back **{r.min():+.0%} to "
+                     f"{r.max():+.0%}** of PTQ's loss (mean {r.mean():+.0%}). Given {budget_steps} steps "
+                     f"({budget_min[c]:.1f} min of training), it ends at **{budget_rec[c][-1]:+.0%}**; its best measurement "
+                     f"along the way is {max(budget_rec[c][1:]):+.0%}, and its KL to FP32 goes from "
+                     f"{budget_curves[c][0]['kl']:.4f} to {budget_curves[c][-1]['kl']:.4f}.")
+    reached = [c for c in a4 if max(budget_rec[c][1:] + list(spread[spread.config == c]["recovered"])) >= 0.5]
+    lines.append("" if not reached else f"\\nAt least one run of {', '.join(reached)} reaches half of the loss.")
+    display(Markdown("\\n".join(lines)))
 """),
 md("""
 ### Where the A4 loss sits
@@ -424,7 +483,7 @@ is not saved or entered in the results: half of its validation images are traini
 code("""
 ia, ib = qdata.halves(splits.val, cfg.seed)
 held_a, held_b = splits.val.subset(ia), splits.val.subset(ib)
-w, a = (int(b) for b in held_config[1:].split("A"))
+w, a = qat.parse_config(held_config)
 if w not in gq:
     gq[w], gptq_s[w] = gptq_solution(w, lsq_keep_8bit)
 n_a = -(-len(held_a) // lsq_recipe.batch_size)  # batches per pass over half A
@@ -493,12 +552,22 @@ noise = (r_ptq8["acc_hi"] - r_ptq8["acc_lo"]) / 2
 assert r_qat8["accuracy"] >= r_ptq8["accuracy"] - noise, (r_qat8["accuracy"], r_ptq8["accuracy"], noise)
 # LSQ exports bit-exact packed files smaller than the int8 file
 assert (lowdf["size_mb"] < r_qat8["size_mb"]).all()
+# the measured 5-minute run starts from exactly the PTQ model of the table (GPTQ weights, calibrated steps)
+for c, rows in budget_curves.items():
+    assert rows[0]["step"] == 0 and rows[0]["agreement"] == recovery(c)[0], (c, rows[0]["agreement"], recovery(c)[0])
+    assert rows[-1]["step"] == budget_steps, (c, rows[-1]["step"])
 print("ok")
 """),
 code("""
 rec = {c: recovery(c) for c in lsq_configs if "A4" in c}
 w2a8 = [c for c in lsq_configs if c == "W2A8"]
-msg = [f"{c}: QAT recovers {r:.0%} of the PTQ agreement loss ({'meets' if r >= 0.5 else 'misses'} the target of half)" for c, (_, _, r) in rec.items()]
+msg = []
+for c, (_, _, r) in rec.items():
+    best = max([r] + [d for _, d in draws.get(c, [])] + budget_rec.get(c, [0.0])[1:])
+    msg.append(f"{c}: QAT recovers {r:.0%} of the PTQ agreement loss" + (
+        f" ({', '.join(f'{d:+.0%}' for _, d in draws[c][1:])} with other seeds; {budget_rec[c][-1]:+.0%} after "
+        f"{budget_min[c]:.1f} min of training)" if c in budget_rec else "") +
+        f" — {'meets' if best >= 0.5 else 'misses'} the target of half" + (" in its best run" if best >= 0.5 > r else ""))
 if w2a8:
     p, q, _ = recovery("W2A8", "int8")
     n = ref.fp["n_fidelity"]
@@ -513,6 +582,12 @@ answer = (f"**When is QAT worth it here?** At 8 bits it buys nothing: PTQ is wit
            "not of the margins that decide answers; " if scale_only else "; "))
 if "W4A4" in lsq_configs:
     answer += (f"keeping the first and last layer at 8 bits, which costs nothing, removed {share:.0%} of W4A4's agreement loss. ")
+if budget_rec:
+    width = spread.groupby("config")["recovered"].agg(lambda r: r.max() - r.min()).max()
+    ends = ", ".join(f"{budget_rec[c][-1]:+.0%} ({c})" for c in budget_rec)
+    answer += (f"Given {budget_steps} steps ({max(budget_min.values()):.1f} min of training), the same fine-tune ends at {ends} "
+               "of the loss recovered" + (", still short of half" if max(r[-1] for r in budget_rec.values()) < 0.5 else "") +
+               f"; the {lsq_steps}-step run's recovery moves by up to {width:.0%} of the loss between seeds. ")
 answer += (f"A fine-tune that wins back agreement needs inputs near FP32's decision boundary that FP32 was not fitted on: "
            f"distilled on {len(held_a):,} such images (half of the validation tracks, labels unused), {held_config} recovered "
            f"{r_a:.0%} of the loss on them and {r_b:.0%} / {r_t:.0%} on other tracks. This data set has no unlabelled images to "
@@ -534,7 +609,7 @@ rows = [{"method": "int8-ptq", "label": "int8 PTQ (histogram)", "bits": 8, "act_
          **{k: r_qat8[k] for k in keep}, **{k: lat["qat"][k] for k in ("ms_per_batch", "images_per_s")}, "seconds": qat8_s,
          "variant_file": "qat_int8", "calib_seed": cfg.seed, "settings": {**s8.__dict__, "history": hist8}}]
 for r in low:
-    w, a = (int(b) for b in r["config"][1:].split("A"))
+    w, a = qat.parse_config(r["config"])
     var = {"W4A4": "lsq_w4a4", "W2A8": "lsq_w2a8"}.get(r["config"]) if r["kind"] == "QAT" else None
     rows.append({"method": "lsq" if r["kind"] == "QAT" else "gptq", "label": f"{'LSQ' if r['kind'] == 'QAT' else 'GPTQ'} W{w}A{a}" + (" (int8 engine)" if r["engine"] == "int8" else ""),
                  "bits": w, "act_bits": a, "granularity": "channel", "engine": "int8" if r["engine"] == "int8" else "float",
