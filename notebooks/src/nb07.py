@@ -567,7 +567,7 @@ for c, (_, _, r) in rec.items():
     msg.append(f"{c}: QAT recovers {r:.0%} of the PTQ agreement loss" + (
         f" ({', '.join(f'{d:+.0%}' for _, d in draws[c][1:])} with other seeds; {budget_rec[c][-1]:+.0%} after "
         f"{budget_min[c]:.1f} min of training)" if c in budget_rec else "") +
-        f" — {'meets' if best >= 0.5 else 'misses'} the target of half" + (" in its best run" if best >= 0.5 > r else ""))
+        f" — {'meets' if r >= 0.5 else 'misses'} the target of half" + (f" (best of its runs and checkpoints: {best:+.0%})" if best > r else ""))
 if w2a8:
     p, q, _ = recovery("W2A8", "int8")
     n = ref.fp["n_fidelity"]
