@@ -414,8 +414,8 @@ def recovery_curves(curves: dict, draws: dict | None = None, target: float = 0.5
                     budget_min: float | None = None,
                     title: str = "Recovery of PTQ's agreement loss against training time"):
     """``curves``: label -> rows of ``qat.lsq_curve`` (step 0 = the PTQ model; ``train_seconds``,
-    ``agreement``, ``kl``). Left: the share of PTQ's agreement loss won back,
-    ``(a - a0) / (1 - a0)``, against minutes of training, with the ``target`` share dashed and
+    ``agreement``, ``kl``, ``recovered``). Left: the share of PTQ's agreement loss won back
+    (``qat.recovery``) against minutes of training, with the ``target`` share dashed and
     ``draws`` (label -> list of ``(minutes, recovery)``: short runs with other seeds) as open
     markers. Right: KL to FP relative to PTQ's. ``budget_min`` draws the time limit."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -423,7 +423,7 @@ def recovery_curves(curves: dict, draws: dict | None = None, target: float = 0.5
         color = plt.cm.tab10(i % 10)
         a0, k0 = rows[0]["agreement"], rows[0]["kl"]
         mins = [r["train_seconds"] / 60 for r in rows]
-        rec = [(r["agreement"] - a0) / max(1 - a0, 1e-9) * 100 for r in rows]
+        rec = [r["recovered"] * 100 for r in rows]
         a.plot(mins, rec, marker="o", color=color, label=f"{label} (PTQ {a0:.2%})")
         b.plot(mins, [r["kl"] / max(k0, 1e-12) for r in rows], marker="o", color=color, label=label)
         for j, (m, r) in enumerate((draws or {}).get(label, [])):

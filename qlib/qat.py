@@ -46,7 +46,7 @@ import copy
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -153,6 +153,17 @@ class QATSettings:
             raise ValueError(f"w_range={self.w_range!r}: expected one of {quant.RANGES} "
                              "(QATSettings.w_range)")
         _check_int("seed", self.seed, 0)
+
+    def with_steps(self, steps: int, n_train: int) -> "QATSettings":
+        """These settings for a run of ``steps`` optimizer steps over a train split of
+        ``n_train`` images: as few passes (``epochs``) as hold the steps, each capped at
+        ``ceil(steps / epochs)`` (``max_steps``) — exactly ``steps`` when ``epochs`` divides
+        it, otherwise at most ``epochs - 1`` more. ``freeze_epochs`` is kept below ``epochs``."""
+        for name, v in (("steps", steps), ("n_train", n_train)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r}: expected an integer >= 1 (QATSettings.with_steps)")
+        epochs = math.ceil(steps / math.ceil(n_train / self.batch_size))
+        return replace(self, epochs=epochs, max_steps=steps, freeze_epochs=min(self.freeze_epochs, epochs))
 
 
 # --------------------------------------------------------------------------------------
@@ -596,6 +607,16 @@ def to_int8(model: nn.Module, calib_x: torch.Tensor, observer: str = "histogram"
 # How the fine-tune's result grows with its length (``python -m qlib.qat``)
 # --------------------------------------------------------------------------------------
 
+def recovery(ptq_agreement: float, agreement: float) -> float:
+    """The share of PTQ's agreement loss a fine-tune wins back: ``(a - a0) / (1 - a0)`` for the
+    PTQ model's agreement ``a0`` and the fine-tuned one's ``a`` (1: all of it, 0: none, < 0:
+    it lost more). NaN when PTQ agrees everywhere (nothing to win back)."""
+    for name, v in (("ptq_agreement", ptq_agreement), ("agreement", agreement)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise ValueError(f"{name}={v!r}: expected an agreement in [0, 1]")
+    return float("nan") if ptq_agreement == 1 else (agreement - ptq_agreement) / (1 - ptq_agreement)
+
+
 def parse_config(config: str) -> tuple:
     """``"W2A4"`` -> ``(2, 4)``: weight and activation bits of an LSQ configuration, each 2..8."""
     m = re.fullmatch(r"W(\d)A(\d)", config) if isinstance(config, str) else None
@@ -611,8 +632,8 @@ def lsq_curve(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings, 
     """An LSQ fine-tune (``lsq_train``, without the per-epoch validation pass) measured against
     FP every ``every`` optimizer steps and at its end: returns ``(model, rows)``, one row per
     measurement — step 0 is the starting (PTQ) model — holding ``reference.row``'s numbers
-    (agreement, KL, accuracy, ...) and ``step`` and ``train_seconds``, the training time so far
-    without the measurements'. The measurements change no parameter and draw no random numbers,
+    (agreement, KL, accuracy, ...), ``step``, ``train_seconds`` (the training time so far
+    without the measurements') and ``recovered`` (``recovery`` of step 0's agreement). The measurements change no parameter and draw no random numbers,
     so the model is the one ``lsq_train`` returns for the same settings. ``on_row(row)`` is
     called with each row as it is measured.
     """
@@ -621,6 +642,7 @@ def lsq_curve(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings, 
     rows = []
 
     def add(row):
+        row["recovered"] = recovery(rows[0]["agreement"] if rows else row["agreement"], row["agreement"])
         rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -676,11 +698,9 @@ def main(argv=None) -> int:
             raise ValueError(f"--steps {a.steps}: expected an integer >= 1")
         every = a.every if a.every is not None else max(1, a.steps // 10)
         splits = qdata.load(cfg)
-        n_batches = math.ceil(len(splits.train) / QATSettings.batch_size)
         keep = ("conv1", "fc")
-        s = QATSettings(epochs=math.ceil(a.steps / n_batches), max_steps=a.steps, lr=a.lr, step_lr=a.step_lr,
-                        optimizer="adam", distill=1.0, mixup=a.mixup, keep_8bit=keep, w_bits=w, a_bits=b,
-                        seed=cfg.seed if a.seed is None else a.seed)
+        s = QATSettings(lr=a.lr, step_lr=a.step_lr, optimizer="adam", distill=1.0, mixup=a.mixup, keep_8bit=keep,
+                        w_bits=w, a_bits=b, seed=cfg.seed if a.seed is None else a.seed).with_steps(a.steps, len(splits.train))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -692,14 +712,10 @@ def main(argv=None) -> int:
                                                                   keep_8bit=keep), progress=False)
     print(f"{a.config}: {s.max_steps} steps over {s.epochs} epochs of {len(splits.train)} training images; "
           f"agreement and KL on {ref.fp['n_fidelity']} held-out images every {every} steps", flush=True)
-    p0 = None
 
     def show(r):
-        nonlocal p0
-        p0 = r["agreement"] if p0 is None else p0
-        rec = (r["agreement"] - p0) / (1 - p0) if p0 < 1 else float("nan")
         print(f"step {r['step']:>5}  train {r['train_seconds'] / 60:5.1f} min  agreement {r['agreement']:.2%}  "
-              f"recovered {rec:+.0%} of PTQ's loss  KL {r['kl']:.4f}  test accuracy {r['accuracy']:.2%}",
+              f"recovered {r['recovered']:+.0%} of PTQ's loss  KL {r['kl']:.4f}  test accuracy {r['accuracy']:.2%}",
               flush=True)
 
     _, rows = lsq_curve(fp, splits, s, ref, every, init_model=init, calib_x=calib_x, progress=False, on_row=show)

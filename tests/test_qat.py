@@ -1,5 +1,6 @@
 """Unit tests of qlib.qat: the LSQ quantizer and its gradients, LSQ models, int8 QAT."""
 import math
+from dataclasses import replace
 import warnings
 
 import pytest
@@ -261,9 +262,10 @@ def test_lsq_curve_measures_without_changing_the_training(fp, splits, x):
     seen = []
     m, rows = qat.lsq_curve(fp, splits, s, ref, every=3, calib_x=x, progress=False, on_row=seen.append)
     assert [r["step"] for r in rows] == [0, 3, 4] and seen == rows  # every 3 steps, and the end
-    assert rows[0] == {"step": 0, "train_seconds": 0.0, **ref.row(qat.lsq_model(fp, s, calib_x=x))}
+    assert rows[0] == {"step": 0, "train_seconds": 0.0, "recovered": 0.0, **ref.row(qat.lsq_model(fp, s, calib_x=x))}
     assert 0 < rows[1]["train_seconds"] <= rows[2]["train_seconds"]
-    assert rows[2] == {**ref.row(m), "step": 4, "train_seconds": rows[2]["train_seconds"]}
+    assert rows[2] == {**ref.row(m), "step": 4, "train_seconds": rows[2]["train_seconds"],
+                       "recovered": qat.recovery(rows[0]["agreement"], rows[2]["agreement"])}
     plain, _ = qat.lsq_train(fp, splits, s, calib_x=x, progress=False, validate=False)
     a, b = m.state_dict(), plain.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # measuring changed nothing in the training
@@ -278,6 +280,31 @@ def test_on_step_sees_the_start_and_every_optimizer_step(fp, splits, x):
     qat.lsq_train(fp, splits, s, calib_x=x, progress=False, validate=False,
                   on_step=lambda m, k: (m.eval(), calls.append(k)))
     assert calls == [0, 1, 2, 3, 4]  # the start, then every optimizer step
+
+
+def test_recovery_is_the_share_of_the_ptq_loss_won_back():
+    assert qat.recovery(0.9, 0.95) == pytest.approx(0.5)  # half of the 10% PTQ lost
+    assert qat.recovery(0.9, 1.0) == pytest.approx(1.0) and qat.recovery(0.9, 0.9) == 0.0
+    assert qat.recovery(0.9, 0.8) == pytest.approx(-1.0)  # lost as much again
+    assert math.isnan(qat.recovery(1.0, 0.99))  # nothing to win back
+    for bad in (1.5, -0.1, float("nan"), "0.9", True):
+        with pytest.raises(ValueError, match=r"agreement=.*expected an agreement in \[0, 1\]"):
+            qat.recovery(0.9, bad)
+
+
+@pytest.mark.parametrize("steps,n_train,epochs,per_pass", [(270, 6946, 5, 54), (45, 6946, 1, 45),
+                                                            (55, 6946, 1, 55), (56, 6946, 2, 28), (60, 700, 10, 6)])
+def test_with_steps_spreads_a_step_budget_over_passes(steps, n_train, epochs, per_pass):
+    base = QATSettings(lr=1e-5, w_bits=4, a_bits=4, seed=3)
+    s = base.with_steps(steps, n_train)
+    assert (s.epochs, s.max_steps) == (epochs, steps)
+    assert per_pass <= math.ceil(n_train / s.batch_size)  # no pass longer than the split
+    assert epochs * per_pass == steps and math.ceil(steps / s.epochs) == per_pass  # _fit's cap per pass
+    assert replace(s, epochs=base.epochs, max_steps=None) == base  # nothing else changed
+    for bad in (dict(steps=0, n_train=10), dict(steps=5, n_train=0), dict(steps=2.5, n_train=10)):
+        name = "steps" if bad["steps"] != 5 else "n_train"
+        with pytest.raises(ValueError, match=f"{name}=.*expected an integer >= 1 \\(QATSettings.with_steps\\)"):
+            base.with_steps(**bad)
 
 
 @pytest.mark.parametrize("config,bits", [("W2A4", (2, 4)), ("W4A8", (4, 8)), ("W8A2", (8, 2))])
