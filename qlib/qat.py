@@ -158,7 +158,7 @@ class QATSettings:
         """These settings for a run of ``steps`` optimizer steps over a train split of
         ``n_train`` images: as few passes (``epochs``) as hold the steps, each capped at
         ``ceil(steps / epochs)`` (``max_steps``) — exactly ``steps`` when ``epochs`` divides
-        it, otherwise at most ``epochs - 1`` more. ``freeze_epochs`` is kept below ``epochs``."""
+        it, otherwise at most ``epochs - 1`` more. ``freeze_epochs`` is capped at ``epochs``."""
         for name, v in (("steps", steps), ("n_train", n_train)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r}: expected an integer >= 1 (QATSettings.with_steps)")
@@ -278,6 +278,10 @@ def train_int8(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings 
     if settings.w_bits != 8 or settings.a_bits != 8:
         raise ValueError(f"w_bits={settings.w_bits}, a_bits={settings.a_bits}: int8 QAT on the "
                          "engine needs w_bits=8 and a_bits=8 (use lsq_train for lower bits)")
+    if settings.freeze_epochs >= settings.epochs:  # the observers would never see a batch
+        raise ValueError(f"freeze_epochs={settings.freeze_epochs} with epochs={settings.epochs}: int8 QAT "
+                         "learns the activation ranges in the epochs before the frozen ones; expected "
+                         "freeze_epochs < epochs (QATSettings.freeze_epochs)")
     prepared = int8.prepare_qat(copy.deepcopy(model_fp).cpu())
     first_frozen = settings.epochs - settings.freeze_epochs
 
@@ -633,8 +637,9 @@ def lsq_curve(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings, 
     FP every ``every`` optimizer steps and at its end: returns ``(model, rows)``, one row per
     measurement — step 0 is the starting (PTQ) model — holding ``reference.row``'s numbers
     (agreement, KL, accuracy, ...), ``step``, ``train_seconds`` (the training time so far
-    without the measurements') and ``recovered`` (``recovery`` of step 0's agreement). The measurements change no parameter and draw no random numbers,
-    so the model is the one ``lsq_train`` returns for the same settings. ``on_row(row)`` is
+    without the measurements') and ``recovered`` (``recovery`` of step 0's agreement). The
+    measurements change no parameter and draw no random numbers, so the model is the one
+    ``lsq_train`` returns for the same settings. ``on_row(row)`` is
     called with each row as it is measured.
     """
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:

@@ -246,6 +246,8 @@ def test_qat_panel_needs_a_recipe(fp, splits):
 def test_int8_qat_needs_8_bits(fp, splits):
     with pytest.raises(ValueError, match="w_bits=4"):
         qat.train_int8(fp, splits, QATSettings(w_bits=4), progress=False)
+    with pytest.raises(ValueError, match=r"freeze_epochs=1 with epochs=1: .*expected freeze_epochs < epochs"):
+        qat.train_int8(fp, splits, QATSettings(epochs=1), progress=False)  # ranges never observed
     with pytest.raises(ValueError, match="calib_x"):
         qat.lsq_model(fp, QATSettings(w_bits=4, a_bits=4))
     with pytest.raises(ValueError, match="'head'"):
