@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from . import measure
 from .config import Config
 
 
@@ -44,12 +44,10 @@ def load_runnable(files: dict):
     return export.load(files["packed"]).eval(), "float32"
 
 
-@torch.inference_mode()
 def run(folder, batch_size: int = 64, threads: int = 2, image_size: int = 64, rounds: int = 15,
         warmup: int = 3, progress: bool = True) -> dict:
-    """Time every variant found in ``folder``; returns the table as data."""
-    from tqdm.auto import tqdm
-
+    """Time every variant found in ``folder`` (``measure.latencies``: interleaved rounds);
+    returns the table as data."""
     for name, v in (("batch_size", batch_size), ("threads", threads), ("rounds", rounds), ("image_size", image_size)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}={v!r}: expected an integer >= 1")
@@ -57,37 +55,20 @@ def run(folder, batch_size: int = 64, threads: int = 2, image_size: int = 64, ro
     variants = discover(folder)
     if not variants:
         raise ValueError(f"no saved variant in {folder}: run the chapters first (make book)")
-    torch.set_num_threads(threads)
-    models = {}
-    for name, files in variants.items():
-        models[name] = load_runnable(files)
-    x = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    for name, (m, _) in models.items():
-        for _ in range(warmup):
-            m(x)
-    times = {name: [] for name in models}
-    bar = tqdm(total=rounds * len(models), desc="bench", unit="batch", disable=not progress)
-    for _ in range(rounds):
-        for name, (m, _) in models.items():  # interleaved: A B C ... A B C ...
-            t0 = time.perf_counter()
-            m(x)
-            times[name].append(time.perf_counter() - t0)
-            bar.update(1)
-    bar.close()
+    models = {name: load_runnable(files) for name, files in variants.items()}
+    stats = measure.latencies({name: m for name, (m, _) in models.items()}, image_size, batch_size,
+                              threads, warmup, runs=rounds, progress=progress)
     rows = []
-    fp_med = statistics.median(times["fp32"]) if "fp32" in times else None
-    for name, (m, engine) in models.items():
-        t = times[name]
-        med = statistics.median(t)
-        files = variants[name]
+    fp_med = stats["fp32"]["ms_per_batch"] if "fp32" in stats else None
+    for name, (_, engine) in models.items():
+        st, files = stats[name], variants[name]
         stored = files.get("packed") or files.get("int8")
         rows.append({
             "variant": name, "engine": engine,
             "size_mb": os.path.getsize(stored) / 1e6,
             "int8_file_mb": os.path.getsize(files["int8"]) / 1e6 if files.get("int8") else None,
-            "ms_per_batch": med * 1e3, "ms_min": min(t) * 1e3, "ms_max": max(t) * 1e3,
-            "spread": max(t) / min(t), "images_per_s": batch_size / med,
-            "speedup_vs_fp32": (fp_med / med) if fp_med else None,
+            **{k: st[k] for k in ("ms_per_batch", "ms_min", "ms_max", "spread", "images_per_s")},
+            "speedup_vs_fp32": (fp_med / st["ms_per_batch"]) if fp_med else None,
         })
     return {"batch_size": batch_size, "threads": threads, "image_size": image_size, "rounds": rounds,
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}

@@ -111,6 +111,8 @@ class Reference:
         self._test_pos = torch.searchsorted(need, test)
         self._needed = _unlabelled(held[need])
         self.fid_set = _unlabelled(held[fid])
+        held_groups = list(splits.val.groups) + list(splits.test.groups)
+        self.fid_groups = [held_groups[i] for i in fid.tolist()]  # the fidelity images' tracks
         self.fp_test, self.fp_fid = self.logits(fp_model)
         self.fp = self.row(logits=(self.fp_test, self.fp_fid))
 
@@ -140,32 +142,56 @@ def file_size_mb(path) -> float:
     return os.path.getsize(path) / 1e6
 
 
-@torch.inference_mode()
 def latency(model, image_size: int = 64, batch_size: int = 64, threads: int = 2, warmup: int = 5,
             runs: int = 20, seed: int = 0) -> dict:
-    """CPU latency of one batch under a fixed protocol: fixed thread count, inference mode,
-    warm-up runs, then the median and spread (max/min) of ``runs`` timed batches."""
+    """CPU latency of one batch under a fixed protocol (``latencies`` of one model): fixed
+    thread count, inference mode, warm-up runs, then the median and spread (max/min) of
+    ``runs`` timed batches."""
+    return latencies({"model": model}, image_size, batch_size, threads, warmup, runs, seed)["model"]
+
+
+@torch.inference_mode()
+def latencies(models: dict, image_size: int = 64, batch_size: int = 64, threads: int = 2,
+              warmup: int = 5, runs: int = 20, seed: int = 0, progress: bool = False) -> dict:
+    """``latency`` of several models compared with each other: ``{name: model}`` ->
+    ``{name: stats}``. The timed batches are interleaved (A B C ... A B C ...), so drift of the
+    machine (thermal, other load) over the measurement hits every model alike and their ratios
+    are fair. Inference mode (no autograd graph is recorded, as in deployment), ``threads``
+    threads, ``warmup`` untimed batches per model, then ``runs`` timed rounds; each model's stats
+    are the median, fastest and slowest batch, their spread (max/min) and images per second."""
+    from tqdm.auto import tqdm
+
+    if not isinstance(models, dict) or not models:
+        raise ValueError(f"models={models!r}: expected a non-empty dict {{name: model}}")
     if runs < 1 or warmup < 0 or batch_size < 1 or threads < 1:
         raise ValueError(f"runs={runs}, warmup={warmup}, batch_size={batch_size}, threads={threads}: "
                          "expected runs, batch_size, threads >= 1 and warmup >= 0")
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
+    times = {name: [] for name in models}
     try:
-        model = model.eval().cpu() if hasattr(model, "cpu") else model
+        models = {k: m.eval().cpu() if hasattr(m, "cpu") else m for k, m in models.items()}
         x = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
-        for _ in range(warmup):
-            model(x)
-        times = []
+        for m in models.values():
+            for _ in range(warmup):
+                m(x)
+        bar = tqdm(total=runs * len(models), desc="latency", unit="batch", disable=not progress)
         for _ in range(runs):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
+            for name, m in models.items():
+                t0 = time.perf_counter()
+                m(x)
+                times[name].append(time.perf_counter() - t0)
+                bar.update(1)
+        bar.close()
     finally:
         torch.set_num_threads(old)
-    med = statistics.median(times)
-    return {"ms_per_batch": med * 1e3, "ms_min": min(times) * 1e3, "ms_max": max(times) * 1e3,
-            "spread": max(times) / min(times), "images_per_s": batch_size / med,
-            "batch_size": batch_size, "threads": threads, "runs": runs}
+    out = {}
+    for name, t in times.items():
+        med = statistics.median(t)
+        out[name] = {"ms_per_batch": med * 1e3, "ms_min": min(t) * 1e3, "ms_max": max(t) * 1e3,
+                     "spread": max(t) / min(t), "images_per_s": batch_size / med,
+                     "batch_size": batch_size, "threads": threads, "runs": runs}
+    return out
 
 
 def saved_size_mb(model, save=None) -> float:

@@ -68,6 +68,7 @@ def test_reference_measures_held_out_images_only(tmp_path):
     assert torch.equal(ref.fid_set.images, torch.cat([s.val.images, s.test.images]))
     row = ref.row(m)
     assert row["agreement"] == 1.0 and row["n_test"] == len(s.test)
+    assert ref.fid_groups == list(s.val.groups) + list(s.test.groups)  # each fidelity image's track
     # the one-pass logits equal separate passes over the test split and the fidelity set
     test, fid = ref.logits(m)
     assert close(test, models.predict(m, s.test)) and close(fid, models.predict(m, ref.fid_set))
@@ -79,6 +80,10 @@ def test_reference_subsample_keeps_the_whole_test_split(tmp_path):
     m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 29)).eval()
     ref = measure.Reference(m, s, fidelity_limit=7, seed=3)
     assert len(ref.fid_set) == 7 and len(ref.fp_test) == len(s.test)
+    held = torch.cat([s.val.images, s.test.images])
+    groups = list(s.val.groups) + list(s.test.groups)
+    for img, g in zip(ref.fid_set.images, ref.fid_groups):  # the subsample's tracks follow its images
+        assert g in {groups[i] for i in range(len(held)) if torch.equal(held[i], img)}
     test, fid = ref.logits(m)
     assert close(fid, models.predict(m, ref.fid_set)) and close(test, models.predict(m, s.test))
     with pytest.raises(ValueError, match="fidelity_limit=0"):
@@ -91,6 +96,27 @@ def test_latency_protocol():
     assert r["runs"] == 3 and r["spread"] >= 1.0 and r["images_per_s"] > 0
     with pytest.raises(ValueError, match="runs=0"):
         measure.latency(m, runs=0)
+
+
+def test_latencies_interleave_the_models_timed_batches():
+    calls = []
+
+    class Named(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls.append((self.name, torch.is_inference_mode_enabled()))
+            return x
+
+    r = measure.latencies({"a": Named("a"), "b": Named("b")}, image_size=8, batch_size=2, warmup=1, runs=3)
+    assert [n for n, _ in calls] == ["a", "b"] + ["a", "b"] * 3  # warm-ups, then A B A B A B
+    assert all(inference for _, inference in calls)  # no autograd graph is recorded
+    assert set(r) == {"a", "b"} and all(v["runs"] == 3 and v["ms_min"] <= v["ms_per_batch"] <= v["ms_max"]
+                                        for v in r.values())
+    with pytest.raises(ValueError, match="expected a non-empty dict"):
+        measure.latencies({})
 
 
 def test_file_size_is_the_real_file(tmp_path):

@@ -209,8 +209,9 @@ quantization: no smoothing, histogram observer, 256 calibration images. **Smooth
 same engine after smoothing. **W4A8** and **W2A8** are the smoothed model's BN-folded weights
 quantized by GPTQ (act-order, 1% dampening) to 4 and 2 bits per output channel, run as codes by the engine. Accuracy and
 agreement use the full fidelity set; size is the real file; latency follows the measurement protocol
-(`measure.latency`: batch 64, 2 threads, median of `latency_runs` batches). On a loaded machine the
-timings are noisy; chapter 08 re-times every saved variant interleaved.
+(`measure.latencies`: batch 64, 2 threads, median of `latency_runs` rounds, the variants interleaved
+within each round so that drift of the machine hits them alike). On a loaded machine the timings are
+noisy; chapter 08 re-times every saved variant of the book in one such benchmark.
 """),
 code("""
 ref = measure.Reference(fp, splits)
@@ -236,9 +237,7 @@ assert torch.equal(reloaded(calib_x[:8]), engine["sq_w8a8"](calib_x[:8])), "the 
 display(pd.Series({k: measure.file_size_mb(v) for k, v in {"fp32": fp_file, **files}.items()}, name="file size (MB)").round(2).to_frame().T)
 """),
 code("""
-lat = {"fp32": measure.latency(fp, cfg.image_size, 64, threads=2, warmup=3, runs=latency_runs)}
-for name, q in engine.items():
-    lat[name] = measure.latency(q, cfg.image_size, 64, threads=2, warmup=3, runs=latency_runs)
+lat = measure.latencies({"fp32": fp, **engine}, cfg.image_size, 64, threads=2, warmup=3, runs=latency_runs)
 labels = {"fp32": "FP32", "int8_ptq": "int8 PTQ (torch default, no smoothing)", "sq_w8a8": "SmoothQuant W8A8",
           "w4a8": "GPTQ W4A8 (int8 engine)", "w2a8": "GPTQ W2A8 (int8 engine)"}
 size = {"fp32": measure.file_size_mb(fp_file), "int8_ptq": measure.file_size_mb(files["int8_ptq"]),
