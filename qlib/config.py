@@ -9,6 +9,7 @@ from pathlib import Path
 
 SPLITS = ("tracks", "export")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16-mixed")
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = str(ROOT / ".cache" / "qlib")
 
@@ -30,6 +31,9 @@ class Config:
         of a Roboflow YOLO export (the real data of the study).
     split: "tracks" (no GTSRB track in two splits) or "export" (the export's own folders).
     smoke: tiny synthetic run for CI (32x32, a few images per class, one epoch).
+    precision: how the baseline trains: "fp32", or "bf16-mixed" (autocast to bfloat16, float32
+        master weights; QLIB_PRECISION=bf16-mixed) — faster only where the CPU has bfloat16
+        matrix units (AMX); on this study's 2-core machine it was 2.4x slower than fp32.
     """
 
     data: str = ""
@@ -43,6 +47,7 @@ class Config:
     epochs: int = 15
     pretrained: bool = True
     calib_size: int = 256
+    precision: str = "fp32"
 
     def __post_init__(self):
         if not isinstance(self.image_size, int) or self.image_size < 16:
@@ -55,6 +60,8 @@ class Config:
             raise ValueError(f"epochs={self.epochs!r}: expected an integer >= 1")
         if not isinstance(self.calib_size, int) or self.calib_size < 1:
             raise ValueError(f"calib_size={self.calib_size!r}: expected an integer >= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: expected one of {PRECISIONS} (QLIB_PRECISION)")
 
     @classmethod
     def from_env(cls, **params) -> "Config":
@@ -72,6 +79,7 @@ class Config:
             "device": os.environ.get("QLIB_DEVICE"),
             "cache_dir": os.environ.get("QLIB_CACHE"),
             "epochs": os.environ.get("QLIB_EPOCHS"),
+            "precision": os.environ.get("QLIB_PRECISION"),
         }
         smoke_env = os.environ.get("QLIB_SMOKE")
         kw = {}

@@ -221,6 +221,7 @@ def test_many_undecodable_images_is_an_error(tmp_path):
     ({"image_size": 8}, "image_size=8"),
     ({"device": "tpu"}, "device='tpu'"),
     ({"epochs": 0}, "epochs=0"),
+    ({"precision": "fp16"}, "precision='fp16'.*QLIB_PRECISION"),
 ])
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -237,6 +238,10 @@ def test_config_from_env(monkeypatch):
     monkeypatch.setenv("QLIB_SEED", "3")
     cfg = Config.from_env(seed=5)
     assert cfg.image_size == 48 and cfg.seed == 5  # parameters win over the environment
+    assert cfg.precision == "fp32"  # the default: bf16 autocast is slower on CPUs without AMX
+    monkeypatch.setenv("QLIB_PRECISION", "bf16-mixed")
+    assert Config.from_env().precision == "bf16-mixed"
+    monkeypatch.delenv("QLIB_PRECISION")
     monkeypatch.setenv("QLIB_IMAGE_SIZE", "big")
     with pytest.raises(ValueError, match="QLIB_IMAGE_SIZE='big'"):
         Config.from_env()

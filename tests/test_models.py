@@ -1,7 +1,9 @@
 """qlib.models: the pretrained path (offline, from a local cache), training, the cached baseline."""
+from dataclasses import replace
+
+import pytest
 import torch
 import torchvision
-import pytest
 
 from qlib import Config, models
 from qlib import data as qdata
@@ -43,6 +45,19 @@ def test_bad_arch_and_epochs(tmp_path):
     s = qdata.load(cfg)
     with pytest.raises(ValueError, match="epochs=0"):
         models.train(models.resnet18(29), s, cfg, epochs=0)
+
+
+def test_precision_is_part_of_the_baseline_key(monkeypatch, tmp_path):
+    cfg = Config.from_env(smoke=True, cache_dir=str(tmp_path))
+    assert models.baseline_key(cfg)["precision"] == "fp32"
+    with pytest.raises(ValueError, match="precision='fp16'"):
+        models.mixed_precision("cpu", "fp16")
+    # bf16-mixed keys (and trains) a different checkpoint, or says clearly that the CPU cannot
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(ValueError, match="no bfloat16 support.*QLIB_PRECISION=fp32"):
+        models.baseline_key(replace(cfg, precision="bf16-mixed"))
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert models.baseline_path(replace(cfg, precision="bf16-mixed")) != models.baseline_path(cfg)
 
 
 def test_augment_keeps_shape_and_changes_images():
