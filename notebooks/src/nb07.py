@@ -629,6 +629,7 @@ for c, rows in list(budget_curves.items()) + [("W4A4", r) for r in control.value
 print("ok")
 """),
 code("""
+import math
 rec = {c: recovery(c) for c in lsq_configs if "A4" in c}
 w2a8 = [c for c in lsq_configs if c == "W2A8"]
 d_fp, sp8 = (r_qat8["accuracy"] - ref.fp["accuracy"]) * 100, tab8.loc["int8 QAT", "speedup"]
@@ -639,10 +640,13 @@ msg = [f"int8 QAT: {d_fp:+.2f} points of test accuracy vs FP32 ({'meets' if d_fp
 qat_minutes = [qat8_s / 60] + [m for c in draws for m, _ in draws[c]] + list(budget_min.values())
 msg.append(f"longest QAT run: {max(qat_minutes):.1f} min of training ({'meets' if max(qat_minutes) <= 5 else 'misses'} "
            "at most 5 minutes)")
-for c, (_, _, r) in rec.items():
+n_fid = len(fp_top)
+for c, (p, q, r) in rec.items():
     best = max([r] + [d for _, d in draws.get(c, [])] + budget_rec.get(c, [0.0])[1:])
     _, lo, hi = rec_ci[c]
-    msg.append(f"{c}: QAT recovers {r:.0%} of the PTQ agreement loss (95% interval over tracks {lo:+.0%} to {hi:+.0%})" + (
+    won, half = round((q - p) * n_fid), math.ceil(round((1 - p) * n_fid) / 2)
+    msg.append(f"{c}: QAT recovers {r:.0%} of the PTQ agreement loss ({won:+d} images of the {half} half would take; "
+               f"95% interval over tracks {lo:+.0%} to {hi:+.0%})" + (
         f" ({', '.join(f'{d:+.0%}' for _, d in draws[c][1:])} with other seeds; {budget_rec[c][-1]:+.0%} after "
         f"{budget_min[c]:.1f} min of training)" if c in budget_rec else "") +
         f" — {'meets' if r >= 0.5 else 'misses'} the target of half" +
