@@ -33,7 +33,7 @@ class Config:
     smoke: tiny synthetic run for CI (32x32, a few images per class, one epoch).
     precision: how the baseline trains: "fp32", or "bf16-mixed" (autocast to bfloat16, float32
         master weights; QLIB_PRECISION=bf16-mixed) — faster only where the CPU has bfloat16
-        matrix units (AMX); on this study's 2-core machine it was 2.4x slower than fp32.
+        instructions (AVX512-BF16, AMX); on this study's 2-core machine it was 2.3x slower.
     """
 
     data: str = ""

@@ -23,9 +23,10 @@ RECIPE = dict(version=3, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4
 def mixed_precision(device="cpu", precision: str = "fp32") -> str:
     """The precision training runs in (``Config.precision``): "fp32", or "bf16-mixed" (autocast
     to bfloat16, float32 master weights). bfloat16 is not the default: it is faster only where
-    the CPU has bfloat16 matrix units (AMX); on a 2-core Xeon with AVX512-BF16 but no AMX, a
-    ResNet-18 training step at 64x64, batch 128, took 1.63 s in bf16-mixed against 0.69 s in
-    fp32. Part of the baseline's cache key, since it changes the weights."""
+    the CPU has bfloat16 instructions (AVX512-BF16, AMX). oneDNN reports bfloat16 support on
+    any AVX-512 CPU and emulates it there: on this study's 2-core Xeon (AVX-512, neither of
+    those) a ResNet-18 training step at 64x64, batch 128, took 1.63 s in bf16-mixed against
+    0.70 s in fp32. Part of the baseline's cache key, since it changes the weights."""
     if precision not in ("fp32", "bf16-mixed"):
         raise ValueError(f"precision={precision!r}: expected 'fp32' or 'bf16-mixed'")
     if precision == "bf16-mixed" and torch.device(device).type == "cpu":
