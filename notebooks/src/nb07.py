@@ -263,6 +263,7 @@ def recovery(c, engine="float (fake-quant)"):
     g = lowdf[(lowdf.config == c) & (lowdf.engine == engine)].set_index("kind")
     p, q = g.loc["PTQ", "agreement"], g.loc["QAT", "agreement"]
     return p, q, qat.recovery(p, q)
+import math
 fp_top = ref.fp_fid.argmax(1)
 rec_ci, lost_tracks = {}, {}  # the recovery's interval: a paired bootstrap over the held-out tracks
 for c in lsq_configs:
@@ -270,17 +271,19 @@ for c in lsq_configs:
     rec_ci[c] = qat.recovery_ci(ok["PTQ"], ok["QAT"], ref.fid_groups, seed=cfg.seed)
     lost_tracks[c] = len({g for g, a in zip(ref.fid_groups, ok["PTQ"].tolist()) if not a})
 n_tracks = len(set(ref.fid_groups))
+def ci_text(c):
+    _, lo, hi = rec_ci[c]
+    return "no interval: PTQ lost nothing" if math.isnan(lo) else f"95% interval over tracks {lo:+.0%} to {hi:+.0%}"
 lines, gain, dkl = [], {}, {}
 for c in lsq_configs:
     p, q, r = recovery(c)
-    _, lo, hi = rec_ci[c]
     gain[c] = (q - p) * 100
     cost = lowdf[(lowdf.config == c) & (lowdf.kind == "QAT")]["seconds"].iloc[0]
     kl = lowdf[(lowdf.config == c) & (lowdf.engine == "float (fake-quant)")].set_index("kind")["kl"]
     dkl[c] = kl["QAT"] / kl["PTQ"] - 1
     lines.append(f"* **{c}**: PTQ agreement {p:.2%} (loses {1 - p:.2%}: {round((1 - p) * len(fp_top))} images on "
                  f"{lost_tracks[c]} of the {n_tracks} held-out tracks), LSQ {q:.2%}: QAT wins back "
-                 f"**{r:.0%}** of the loss (95% interval over tracks {lo:+.0%} to {hi:+.0%}); KL to FP32 {kl['PTQ']:.4f} → {kl['QAT']:.4f} ({dkl[c]:+.0%}); "
+                 f"**{r:.0%}** of the loss ({ci_text(c)}); KL to FP32 {kl['PTQ']:.4f} → {kl['QAT']:.4f} ({dkl[c]:+.0%}); "
                  f"{cost / 60:.1f} min of training vs {gptq_s[qat.parse_config(c)[0]]:.0f} s of GPTQ.")
 display(Markdown("\\n".join(lines)))
 fig = plots.qat_vs_ptq(lowdf[lowdf.engine == "float (fake-quant)"])
@@ -423,10 +426,12 @@ if "W4A4" in lsq_configs:
 fp_p = torch.softmax(ref.fp_fid.float(), 1).max(1).values.numpy()
 fp_top = ref.fp_fid.argmax(1)
 masks = {f"{c} {k}": (fid_logits[(c, k)].argmax(1) != fp_top).numpy() for c in lsq_configs if c.endswith("A4") for k in ("PTQ", "QAT")}
-if masks:
+med = {k: float(np.median(fp_p[m])) for k, m in masks.items() if m.any()}
+below = {k: float((fp_p[m] < 0.5).mean()) for k, m in masks.items() if m.any()}
+if masks and not med:
+    display(Markdown("No A4 model disagrees with FP32 on any held-out image here: there is no disagreement to locate."))
+elif masks:
     fig = plots.disagreement_confidence(fp_p, masks)
-    med = {k: float(np.median(fp_p[m])) for k, m in masks.items() if m.any()}
-    below = {k: float((fp_p[m] < 0.5).mean()) for k, m in masks.items() if m.any()}
     display(Markdown(
         f"FP32's median top-1 probability is **{np.median(fp_p):.2f}** on all {len(fp_p):,} held-out images (label smoothing "
         f"caps it near 0.9) and **{min(med.values()):.2f}–{max(med.values()):.2f}** on the images where an A4 model disagrees "
@@ -629,7 +634,6 @@ for c, rows in list(budget_curves.items()) + [("W4A4", r) for r in control.value
 print("ok")
 """),
 code("""
-import math
 rec = {c: recovery(c) for c in lsq_configs if "A4" in c}
 w2a8 = [c for c in lsq_configs if c == "W2A8"]
 d_fp, sp8 = (r_qat8["accuracy"] - ref.fp["accuracy"]) * 100, tab8.loc["int8 QAT", "speedup"]
@@ -646,11 +650,11 @@ for c, (p, q, r) in rec.items():
     _, lo, hi = rec_ci[c]
     won, half = round((q - p) * n_fid), math.ceil(round((1 - p) * n_fid) / 2)
     msg.append(f"{c}: QAT recovers {r:.0%} of the PTQ agreement loss ({won:+d} images of the {half} half would take; "
-               f"95% interval over tracks {lo:+.0%} to {hi:+.0%})" + (
+               f"{ci_text(c)})" + (
         f" ({', '.join(f'{d:+.0%}' for _, d in draws[c][1:])} with other seeds; {budget_rec[c][-1]:+.0%} after "
         f"{budget_min[c]:.1f} min of training)" if c in budget_rec else "") +
         f" — {'meets' if r >= 0.5 else 'misses'} the target of half" +
-        (f"; the interval {'lies below half' if hi < 0.5 else 'reaches half' if r < 0.5 else 'lies above half' if lo >= 0.5 else 'reaches below half'}") +
+        ("" if math.isnan(lo) else f"; the interval {'lies below half' if hi < 0.5 else 'reaches half' if r < 0.5 else 'lies above half' if lo >= 0.5 else 'reaches below half'}") +
         (f" (best of its runs and checkpoints: {best:+.0%})" if best > r else ""))
 if w2a8:
     p, q, _ = recovery("W2A8", "int8")
