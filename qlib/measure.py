@@ -83,6 +83,64 @@ def margin_error(logits: torch.Tensor, ref_logits: torch.Tensor) -> tuple:
     return ref_margin.squeeze(1), (margin - ref_margin).squeeze(1)
 
 
+def expected_flips(ref_margin, mean: float, sd: float) -> float:
+    """How many images change answer when each margin ``ref_margin`` (>= 0) gets an independent
+    Gaussian error of ``mean`` and ``sd``: the sum of ``P(margin + error < 0) = Phi(-(margin +
+    mean) / sd)``. Only the reference's runner-up is considered (a flip to a third class needs a
+    larger error). ``sd = 0``: the images with ``margin + mean < 0``, half of those at 0."""
+    m = torch.as_tensor(ref_margin, dtype=torch.double)
+    if m.dim() != 1 or not len(m) or bool((m < 0).any()) or not bool(torch.isfinite(m).all()):
+        raise ValueError(f"ref_margin (shape {tuple(m.shape)}): expected a non-empty 1-D tensor of "
+                         "finite margins >= 0 (from margin_error)")
+    if not (np.isfinite(mean) and np.isfinite(sd) and sd >= 0):
+        raise ValueError(f"mean={mean!r}, sd={sd!r}: expected finite numbers with sd >= 0")
+    x = m + mean
+    if sd == 0:
+        return float((x < 0).sum() + 0.5 * (x == 0).sum())
+    return float((0.5 * torch.erfc(x / (sd * np.sqrt(2.0)))).sum())
+
+
+def noise_model(logits: torch.Tensor, ref_logits: torch.Tensor, where=None) -> dict:
+    """The disagreement a model's margin error predicts, if that error were Gaussian noise.
+
+    The error's mean and standard deviation are measured on the images ``where`` (a boolean
+    mask; default all) — e.g. those the reference is unsure of, where answers turn — and
+    ``expected_flips`` applies them to every image's reference margin. Returns ``mean``, ``sd``,
+    ``predicted`` and the measured ``disagreements`` (counts of images). When the prediction
+    matches, disagreement is set by the error's spread alone, and halving the disagreements
+    takes the spread that ``sd_for_flips`` finds."""
+    ref_margin, err = margin_error(logits, ref_logits)
+    if where is None:
+        where = torch.ones(len(err), dtype=torch.bool)
+    where = torch.as_tensor(where)
+    if where.dtype != torch.bool or where.shape != err.shape or int(where.sum()) < 2:
+        raise ValueError(f"where (dtype {where.dtype}, shape {tuple(where.shape)}, "
+                         f"{int(where.sum()) if where.dtype == torch.bool else '?'} selected): expected a "
+                         f"boolean mask over the {len(err)} images selecting at least 2")
+    e = err[where]
+    mean, sd = float(e.mean()), float(e.std())
+    return {"mean": mean, "sd": sd, "predicted": expected_flips(ref_margin, mean, sd),
+            "disagreements": int((logits.argmax(1) != ref_logits.argmax(1)).sum())}
+
+
+def sd_for_flips(ref_margin, mean: float, flips: float, tol: float = 1e-6) -> float:
+    """The error spread at which ``expected_flips(ref_margin, mean, sd)`` equals ``flips``
+    (bisection: the expected flips grow with the spread when ``mean`` does not already flip
+    more than ``flips`` images at zero spread)."""
+    lo_flips = expected_flips(ref_margin, mean, 0.0)
+    n = len(torch.as_tensor(ref_margin))
+    if not (lo_flips <= flips < n / 2):
+        raise ValueError(f"flips={flips!r}: expected at least {lo_flips:g} (the flips of the mean error "
+                         f"alone) and fewer than {n / 2:g} (half the images)")
+    lo, hi = 0.0, 1.0
+    while expected_flips(ref_margin, mean, hi) < flips:
+        hi *= 2
+    while hi - lo > tol * max(hi, 1.0):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected_flips(ref_margin, mean, mid) < flips else (lo, mid)
+    return (lo + hi) / 2
+
+
 class Reference:
     """The FP model's outputs on the test split and on the fidelity set, computed once.
 

@@ -545,6 +545,48 @@ def scale_vs_margins(kl_df, ref_margin, errors: dict, bin_width: float = 0.5, mi
     return fig
 
 
+def noise_and_flips(df, sd_needed: dict | None = None,
+                    title: str = "Disagreement follows the spread of the margin error"):
+    """Two panels from ``df`` (one row per model: model, a_bits, kind "PTQ"/"QAT", w_bits, sd,
+    predicted, disagreements; from ``measure.noise_model``). Left: the spread of the margin
+    error against activation bits, PTQ as lines (one per weight width), QAT as markers, and the
+    spread each config would need to win back half of PTQ's loss (``sd_needed``: {label: sd}).
+    Right: the disagreements the spread predicts against those measured, with the diagonal."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    colors = {}
+    for w, d in df.groupby("w_bits", sort=True):
+        colors[w] = f"C{len(colors)}"
+        p = d[d.kind == "PTQ"].sort_values("a_bits")
+        a.plot(p.a_bits, p.sd, marker="o", color=colors[w], label=f"PTQ W{w}")
+        q = d[d.kind == "QAT"]
+        a.scatter(q.a_bits, q.sd, marker="*", s=120, color=colors[w], edgecolor="black", zorder=3,
+                  label=f"LSQ fine-tune W{w}")
+    for i, (label, sd) in enumerate((sd_needed or {}).items()):
+        a.axhline(sd, color="gray", ls=(0, (4, 2 + i)), lw=1)
+        a.annotate(label, (df.a_bits.max(), sd), fontsize=7, ha="right", va="bottom")
+    a.set_xticks(sorted(df.a_bits.unique()))
+    a.set_xlabel("activation bits")
+    a.set_ylabel("sd of the margin error (FP32 unsure)")
+    a.set_ylim(0, None)
+    a.legend(fontsize=7)
+    for _, r in df.iterrows():
+        c = colors[r.w_bits]
+        b.scatter(r.disagreements, r.predicted, color=c, marker="*" if r.kind == "QAT" else "o",
+                  s=110 if r.kind == "QAT" else 30, edgecolor="black" if r.kind == "QAT" else None, zorder=3)
+        b.annotate(r.model, (r.disagreements, r.predicted), fontsize=6, xytext=(3, -8),
+                   textcoords="offset points")
+    top = 1.1 * float(max(df.disagreements.max(), df.predicted.max(), 1))
+    b.plot([0, top], [0, top], color="black", lw=0.8, ls=":", label="predicted = measured")
+    b.set_xlim(0, top)
+    b.set_ylim(0, top)
+    b.set_xlabel("held-out images that disagree with FP32 (measured)")
+    b.set_ylabel("predicted from the spread alone")
+    b.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title, fontsize=10, fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------------------
 # Chapter 06: SmoothQuant
 # --------------------------------------------------------------------------------------

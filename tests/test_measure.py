@@ -54,6 +54,47 @@ def test_margin_error_is_zero_for_the_reference_and_negative_past_the_margin_on_
         measure.margin_error(q, ref[:1])
 
 
+def test_noise_model_predicts_the_flips_of_gaussian_margin_noise():
+    # two-class logits: the margin is z0 - z1; noise of known sd on the margin flips
+    # Phi(-margin / sd) of the images in expectation — the model must count that many
+    g = torch.Generator().manual_seed(0)
+    n, sd = 20000, 0.8
+    margin = torch.rand(n, generator=g, dtype=torch.double) * 4
+    ref = torch.stack([margin, torch.zeros(n, dtype=torch.double)], 1)
+    noisy = ref + torch.stack([torch.randn(n, generator=g, dtype=torch.double) * sd,
+                               torch.zeros(n, dtype=torch.double)], 1)
+    nm = measure.noise_model(noisy, ref)
+    assert nm["sd"] == pytest.approx(sd, rel=0.02) and abs(nm["mean"]) < 0.03
+    assert nm["predicted"] == pytest.approx(nm["disagreements"], rel=0.05)
+    assert nm["disagreements"] > 0.05 * n
+    # no error, no predicted flip; a mask restricts where the error is measured
+    assert measure.noise_model(ref, ref)["predicted"] == 0.0
+    near = margin < 1.0
+    assert measure.noise_model(noisy, ref, where=near)["sd"] == pytest.approx(sd, rel=0.05)
+    with pytest.raises(ValueError, match="boolean mask"):
+        measure.noise_model(noisy, ref, where=near[:10])
+    with pytest.raises(ValueError, match="same shape"):
+        measure.noise_model(noisy[:, :1], ref)
+
+
+def test_expected_flips_grows_with_the_spread_and_sd_for_flips_inverts_it():
+    m = torch.linspace(0, 5, 1001, dtype=torch.double)
+    flips = [measure.expected_flips(m, 0.0, s) for s in (0.0, 0.2, 0.5, 1.0)]
+    assert flips[0] == 0.5 and flips == sorted(flips)  # margin 0 counts half at zero spread
+    for target in (10.0, 100.0):
+        s = measure.sd_for_flips(m, 0.0, target)
+        assert measure.expected_flips(m, 0.0, s) == pytest.approx(target, rel=1e-4)
+    assert measure.expected_flips(m, -1.0, 0.0) > 150  # a negative mean error flips by itself
+    with pytest.raises(ValueError, match="expected at least"):
+        measure.sd_for_flips(m, -1.0, 10.0)
+    with pytest.raises(ValueError, match="fewer than"):
+        measure.sd_for_flips(m, 0.0, 600.0)
+    with pytest.raises(ValueError, match="margins >= 0"):
+        measure.expected_flips(-m, 0.0, 1.0)
+    with pytest.raises(ValueError, match="sd >= 0"):
+        measure.expected_flips(m, 0.0, -1.0)
+
+
 def close(a, b):
     # the same images in batches of another size: equal up to float rounding of the matmul
     return torch.allclose(a, b, rtol=0, atol=1e-5)

@@ -545,6 +545,87 @@ else:
             f"{ch.noise.max():+.0%}." if has_unsure else ".")))
 """),
 md("""
+### How many answers a given spread turns
+
+The right panel suggests a simple model: treat each model's margin error as noise, with the mean
+$\mu$ and the spread $\sigma$ it has on the images FP32 is unsure of. An image whose FP32 margin is
+$m_i$ then changes answer with probability $\Phi\!\left(-(m_i + \mu)/\sigma\right)$, and summing
+that over the held-out images predicts the number of disagreements from $\mu$ and $\sigma$ alone
+(`measure.noise_model`). Below, the model is checked on PTQ with 3 to 8 activation bits (GPTQ
+weights, `conv1` and `fc` at 8 bits) and on the chapter's fine-tunes. Where it holds, it says what
+winning back half of PTQ's loss takes: the spread at which the predicted disagreements halve
+(`measure.sd_for_flips`), against what the fine-tune did to the spread.
+"""),
+code("""
+a_sweep = [3, 4, 5, 6, 8]        # activation bits of the PTQ sweep (weights: those of the A4 configurations)
+unsure_t = torch.from_numpy(unsure)
+where = unsure_t if int(unsure_t.sum()) >= 20 else None   # too few unsure images (smoke data): the error on all images
+where_text = "the images FP32 is unsure of" if where is not None else "all held-out images"
+noise_rows = []
+def add_noise(z, w, a, kind):
+    nm = measure.noise_model(z, ref.fp_fid, where=where)
+    noise_rows.append({"model": f"W{w}A{a} {'PTQ' if kind == 'PTQ' else 'LSQ'}", "w_bits": w, "a_bits": a, "kind": kind, **nm})
+sweep_w = sorted({qat.parse_config(c)[0] for c in lsq_configs if c.endswith("A4")})
+for w in sweep_w:
+    for a in a_sweep:
+        z = fid_logits.get((f"W{w}A{a}", "PTQ"))
+        if z is None:
+            m0 = qat.lsq_model(fp, qat.QATSettings(w_bits=w, a_bits=a, keep_8bit=tuple(lsq_keep_8bit)), init_model=gq[w],
+                               calib_x=calib_x)
+            z = ref.logits(m0)[1]
+        add_noise(z, w, a, "PTQ")
+for c in lsq_configs:
+    w, a = qat.parse_config(c)
+    if w in sweep_w:
+        add_noise(fid_logits[(c, "QAT")], w, a, "QAT")
+noise_df = pd.DataFrame(noise_rows)
+fp_margin_all, _ = measure.margin_error(ref.fp_fid, ref.fp_fid)
+needed = {}
+for c in [c for c in lsq_configs if c.endswith("A4")]:
+    w, a = qat.parse_config(c)
+    p = noise_df[(noise_df.w_bits == w) & (noise_df.a_bits == a) & (noise_df.kind == "PTQ")].iloc[0]
+    try:   # half of the predicted disagreements: the model's own scale, so a model that under-counts is not favoured
+        needed[c] = measure.sd_for_flips(fp_margin_all, p["mean"], p["predicted"] / 2)
+    except ValueError:
+        needed[c] = float("nan")   # the mean error alone flips more than half: no spread reaches it
+display(noise_df.set_index("model")[["mean", "sd", "predicted", "disagreements"]].style.format(
+    {"mean": "{:+.3f}", "sd": "{:.3f}", "predicted": "{:.0f}"}).set_caption(
+    f"margin error measured on {where_text}; disagreements among {len(fp_p):,} held-out images"))
+fig = plots.noise_and_flips(noise_df, {f"{c}: half of PTQ's loss": v for c, v in needed.items() if np.isfinite(v)})
+"""),
+code("""
+nd = noise_df.set_index(["w_bits", "a_bits", "kind"])
+counted = noise_df[noise_df.disagreements >= 20]   # a relative error of a handful of images says little
+fit = (counted.predicted / counted.disagreements - 1).abs()
+fit_w = {w: fit[counted.w_bits == w].max() if (counted.w_bits == w).any() else float("nan") for w in sweep_w}
+lines = []
+for c in [c for c in lsq_configs if c.endswith("A4")]:
+    w, a = qat.parse_config(c)
+    p, q = nd.loc[(w, a, "PTQ")], nd.loc[(w, a, "QAT")]
+    text = (f"- **{c}**: the spread of the margin error is {p.sd:.3f} after PTQ and {q.sd:.3f} after the fine-tune "
+            f"({q.sd / p.sd - 1:+.0%}); predicted disagreements {p.predicted:.0f} → {q.predicted:.0f}, measured "
+            f"{p.disagreements} → {q.disagreements}. ")
+    if np.isfinite(needed[c]):
+        up = nd.loc[(w, a + 1, "PTQ")] if (w, a + 1, "PTQ") in nd.index else None
+        text += (f"Half of PTQ's loss takes a spread of {needed[c]:.3f}, a cut of {1 - needed[c] / p.sd:.0%}" +
+                 (f"; one more activation bit, without any training, gives {up.sd:.3f} ({up.sd / p.sd - 1:+.0%}, "
+                  f"{up.disagreements} disagreements)." if up is not None else "."))
+    else:
+        text += "Its mean error alone flips more than half of PTQ's disagreements: no spread wins half back."
+    lines.append(text)
+display(Markdown("\\n".join(lines)))
+holds = [w for w in sweep_w if fit_w[w] <= 0.15]
+display(Markdown(
+    "Over the models of the table with at least 20 disagreements, the prediction from the spread alone is within " +
+    ", ".join(f"{fit_w[w]:.0%} (W{w})" for w in sweep_w) + " of the measured disagreements. " +
+    (f"Where it is that close ({', '.join(f'W{w}' for w in holds)}), the number of answers a model turns is set by how widely "
+     "its margin error spreads: a fine-tune wins agreement back only by narrowing that spread, and the cut that half of "
+     "the loss takes is the one named above. " if holds else "") +
+    (f"At {', '.join(f'W{w}' for w in sweep_w if w not in holds)} it is further off (or untested): those errors are not one Gaussian spread "
+     "(the mean is not zero, and some images are off by far more), so the spread alone does not account for them."
+     if len(holds) < len(sweep_w) else "")))
+"""),
+md("""
 ### A test of that explanation: distilling on images FP32 was not fitted on
 
 If the training images carry too little signal, a fine-tune on held-out images — where FP32 is
