@@ -354,6 +354,8 @@ steps' rate ten times lower (nothing else changed).
 """),
 code("""
 import numpy as np
+def n_images(x):  # "1 held-out image", "9 held-out images"
+    return f"{x:.0f} held-out image" + ("" if round(x) == 1 else "s")
 def step_change(m, c):  # each layer's learned input step, and each weight channel's step, relative to the start
     start = qat.act_steps(ptq_models[c])
     w0 = {n: l.w_step.detach() for n, l in ptq_models[c].named_modules() if hasattr(l, "w_step")}
@@ -397,8 +399,8 @@ if control:
         f"The slower run ends at {control[slow][-1]['recovered']:+.0%} of PTQ's agreement loss recovered, the chapter's at "
         f"{fast[-1]['recovered']:+.0%}" + (
             f" — {'more' if control[slow][-1]['recovered'] > fast[-1]['recovered'] else 'no more'} with the steps held, "
-            f"a difference of {abs(control[slow][-1]['recovered'] - fast[-1]['recovered']) * (1 - recovery('W4A4')[0]) * ref.fp['n_fidelity']:.0f} "
-            "held-out images, and neither reaches half of the loss." if max(control[slow][-1]["recovered"], fast[-1]["recovered"]) < 0.5 else ".")))
+            f"a difference of {n_images(abs(control[slow][-1]['recovered'] - fast[-1]['recovered']) * (1 - recovery('W4A4')[0]) * ref.fp['n_fidelity'])}, "
+            "and neither reaches half of the loss." if max(control[slow][-1]["recovered"], fast[-1]["recovered"]) < 0.5 else ".")))
 """),
 md("""
 ### Where the A4 loss sits
@@ -526,17 +528,26 @@ display(Markdown("\\n\\n".join(
     for c, r in ch.loc[lsq_configs].iterrows())))
 scale_gap = ch.beyond.abs().max()     # how far apart PTQ and QAT are once each is at its best temperature
 scale_only = scale_gap < 0.1
-if scale_only and has_unsure and ch.noise.min() > -0.1:
+if scale_only and has_unsure and ch.noise.abs().max() < 0.1:
     display(Markdown(
         f"What the fine-tune removes is the part of the KL that a temperature removes too: once each model is divided by its "
         f"best τ, PTQ and QAT are within {scale_gap:.0%} of each other in every configuration, and "
         f"the spread of the margin error on the images FP32 is unsure of — which is what turns answers — moves by "
         f"{ch.noise.min():+.0%} to {ch.noise.max():+.0%}. One number per model removes {-ch.temperature.max():.0%}–{-ch.temperature.min():.0%} of "
-        f"PTQ's KL, the fine-tune {-ch.fine_tune.max():.0%}–{-ch.fine_tune.min():.0%}; the errors that decide agreement "
+        f"PTQ's KL, the fine-tune changes it by {ch.fine_tune.min():+.0%} to {ch.fine_tune.max():+.0%}; the errors that decide agreement "
         "stay as they were. The right panel shows where answers "
         "turn: the margin error reaches the margin (the dotted line) only on the images FP32 separates least, and there the "
         "fine-tune's curves lie on PTQ's. For a fine-tune on this data the KL is the wrong gauge of fidelity: "
         "it can fall without a single answer changing."))
+elif scale_only and has_unsure and ch.noise.min() > -0.1:
+    display(Markdown(
+        f"What the fine-tune does to the KL is what a temperature does too: once each model is divided by its best τ, PTQ and "
+        f"QAT are within {scale_gap:.0%} of each other in every configuration (one number per model removes "
+        f"{-ch.temperature.max():.0%}–{-ch.temperature.min():.0%} of PTQ's KL, the fine-tune changes it by {ch.fine_tune.min():+.0%} "
+        f"to {ch.fine_tune.max():+.0%}). The spread of the margin error on the images FP32 is unsure of — which is what turns "
+        f"answers — does not narrow: it changes by {ch.noise.min():+.0%} to {ch.noise.max():+.0%}. The right panel shows where answers "
+        "turn: the margin error reaches the margin (the dotted line) only on the images FP32 separates least. For a fine-tune on "
+        "this data the KL is the wrong gauge of fidelity: it can fall while the errors that decide answers stay or grow."))
 else:
     display(Markdown(
         f"The fine-tune changes more than the logits' scale: at their best temperatures QAT's KL differs from PTQ's by "
@@ -602,7 +613,8 @@ lines = []
 for c in [c for c in lsq_configs if c.endswith("A4")]:
     w, a = qat.parse_config(c)
     p, q = nd.loc[(w, a, "PTQ")], nd.loc[(w, a, "QAT")]
-    text = (f"- **{c}**: the spread of the margin error is {p.sd:.3f} after PTQ and {q.sd:.3f} after the fine-tune "
+    off = "" if fit_w[w] <= 0.15 else f" (the model is off at W{w}: see below)"
+    text = (f"- **{c}**{off}: the spread of the margin error is {p.sd:.3f} after PTQ and {q.sd:.3f} after the fine-tune "
             f"({q.sd / p.sd - 1:+.0%}); predicted disagreements {p.predicted:.0f} → {q.predicted:.0f}, measured "
             f"{p.disagreements} → {q.disagreements}. ")
     if np.isfinite(needed[c]):
@@ -748,8 +760,19 @@ display(Markdown("**Targets (measured):** " + "; ".join(msg) + f". Chapter time:
 answer = (f"**When is QAT worth it here?** At 8 bits it buys nothing: PTQ is within noise of FP32. With low-bit weights or "
           f"4-bit activations, a minute of LSQ moves held-out agreement by {min(gain.values()):+.2f} to {max(gain.values()):+.2f} points "
           f"and the KL to FP32 by {min(dkl.values()):+.0%} to {max(dkl.values()):+.0%}" +
-          (f" — a change of the logits' scale (at their best temperatures PTQ and QAT are within {scale_gap:.0%}), "
-           "not of the margins that decide answers; " if scale_only else "; "))
+          (f" — at their best temperatures PTQ and QAT are within {scale_gap:.0%}: a change of the logits' scale" if scale_only else "") +
+          (f"; the spread of the margin error that decides answers changes by {ch.noise.min():+.0%} to {ch.noise.max():+.0%}"
+           if has_unsure else "") + "; ")
+cuts = []   # (config, the cut of the spread half of PTQ's loss takes, the cut one more activation bit gives)
+for c, v in needed.items():
+    w_ = qat.parse_config(c)[0]
+    if w_ in holds and np.isfinite(v) and (w_, 5, "PTQ") in nd.index:
+        sd4 = nd.loc[(w_, 4, "PTQ")].sd
+        cuts.append((c, 1 - v / sd4, 1 - nd.loc[(w_, 5, "PTQ")].sd / sd4))
+if cuts:
+    answer += ("the number of answers a model turns follows the spread of that error, and half of the loss would take "
+               "narrowing it by " + ", ".join(f"{k:.0%} ({c}; one more activation bit, without training, narrows it by {b:.0%})"
+                                             for c, k, b in cuts) + "; ")
 if "W4A4" in lsq_configs:
     answer += (f"keeping the first and last layer at 8 bits, which costs nothing, removed {share:.0%} of W4A4's agreement loss. ")
 if budget_rec:
@@ -758,10 +781,12 @@ if budget_rec:
     answer += (f"Given {budget_steps} steps ({max(budget_min.values()):.1f} min of training), the same fine-tune ends at {ends} "
                "of the loss recovered" + (", still short of half" if max(r[-1] for r in budget_rec.values()) < 0.5 else "") +
                f"; the {lsq_steps}-step run's recovery moves by up to {width:.0%} of the loss between seeds. ")
-answer += (f"A fine-tune that wins back agreement needs inputs near FP32's decision boundary that FP32 was not fitted on: "
-           f"distilled on {len(held_a):,} such images (half of the validation tracks, labels unused), {held_config} recovered "
-           f"{r_a:.0%} of the loss on them and {r_b:.0%} / {r_t:.0%} on other tracks. This data set has no unlabelled images to "
-           "spare for more, and the LSQ paper's recipe is 90 epochs, not minutes.")
+answer += (f"Distilled on {len(held_a):,} images FP32 was not fitted on (half of the validation tracks, labels unused), "
+           f"{held_config} recovered {r_a:.0%} of the loss on them and {r_b:.0%} / {r_t:.0%} on other tracks" +
+           (": inputs near FP32's decision boundary are what a fine-tune needs, and this data set has no unlabelled images to "
+            "spare for more" if r_a >= 0.3 and r_a > max(r_b, r_t) else
+            ": even on the images it is shown, a short fine-tune at these bits barely narrows the error") +
+           ". The LSQ paper's recipe is 90 epochs, not minutes.")
 display(Markdown(answer))
 """),
 code("""
