@@ -576,7 +576,8 @@ noise_rows = []
 def add_noise(z, w, a, kind):
     nm = measure.noise_model(z, ref.fp_fid, where=where)
     noise_rows.append({"model": f"W{w}A{a} {'PTQ' if kind == 'PTQ' else 'LSQ'}", "w_bits": w, "a_bits": a, "kind": kind, **nm})
-sweep_w = sorted({qat.parse_config(c)[0] for c in lsq_configs if c.endswith("A4")})
+a4_configs = [c for c in lsq_configs if c.endswith("A4")]
+sweep_w = sorted({qat.parse_config(c)[0] for c in a4_configs})
 for w in sweep_w:
     for a in a_sweep:
         z = fid_logits.get((f"W{w}A{a}", "PTQ"))
@@ -590,30 +591,27 @@ for c in lsq_configs:
     if w in sweep_w:
         add_noise(fid_logits[(c, "QAT")], w, a, "QAT")
 noise_df = pd.DataFrame(noise_rows)
-fp_margin_all, _ = measure.margin_error(ref.fp_fid, ref.fp_fid)
-needed = {}
-for c in [c for c in lsq_configs if c.endswith("A4")]:
-    w, a = qat.parse_config(c)
-    p = noise_df[(noise_df.w_bits == w) & (noise_df.a_bits == a) & (noise_df.kind == "PTQ")].iloc[0]
-    try:   # half of the predicted disagreements: the model's own scale, so a model that under-counts is not favoured
-        needed[c] = measure.sd_for_flips(fp_margin_all, p["mean"], p["predicted"] / 2)
-    except ValueError:
-        needed[c] = float("nan")   # the mean error alone flips more than half: no spread reaches it
+nd = noise_df.set_index(["w_bits", "a_bits", "kind"])
+needed = {}   # half of the predicted disagreements: the model's own scale, so a model that under-counts is not favoured
+for c in a4_configs:
+    p = nd.loc[(*qat.parse_config(c), "PTQ")]
+    reachable = measure.expected_flips(fp_margin, p["mean"], 0.0) <= p.predicted / 2   # else the mean error alone flips more
+    needed[c] = measure.sd_for_flips(fp_margin, p["mean"], p.predicted / 2) if reachable else float("nan")
 display(noise_df.set_index("model")[["mean", "sd", "predicted", "disagreements"]].style.format(
     {"mean": "{:+.3f}", "sd": "{:.3f}", "predicted": "{:.0f}"}).set_caption(
     f"margin error measured on {where_text}; disagreements among {len(fp_p):,} held-out images"))
 fig = plots.noise_and_flips(noise_df, {f"{c}: half of PTQ's loss": v for c, v in needed.items() if np.isfinite(v)})
 """),
 code("""
-nd = noise_df.set_index(["w_bits", "a_bits", "kind"])
 counted = noise_df[noise_df.disagreements >= 20]   # a relative error of a handful of images says little
 fit = (counted.predicted / counted.disagreements - 1).abs()
 fit_w = {w: fit[counted.w_bits == w].max() if (counted.w_bits == w).any() else float("nan") for w in sweep_w}
-lines = []
-for c in [c for c in lsq_configs if c.endswith("A4")]:
+holds = [w for w in sweep_w if fit_w[w] <= 0.15]
+lines, cuts = [], []   # cuts: (config, the cut of the spread half of PTQ's loss takes, the cut one more activation bit gives)
+for c in a4_configs:
     w, a = qat.parse_config(c)
     p, q = nd.loc[(w, a, "PTQ")], nd.loc[(w, a, "QAT")]
-    off = "" if fit_w[w] <= 0.15 else f" (the model is off at W{w}: see below)"
+    off = "" if w in holds else f" (the model is off at W{w}: see below)"
     text = (f"- **{c}**{off}: the spread of the margin error is {p.sd:.3f} after PTQ and {q.sd:.3f} after the fine-tune "
             f"({q.sd / p.sd - 1:+.0%}); predicted disagreements {p.predicted:.0f} → {q.predicted:.0f}, measured "
             f"{p.disagreements} → {q.disagreements}. ")
@@ -622,11 +620,12 @@ for c in [c for c in lsq_configs if c.endswith("A4")]:
         text += (f"Half of PTQ's loss takes a spread of {needed[c]:.3f}, a cut of {1 - needed[c] / p.sd:.0%}" +
                  (f"; one more activation bit, without any training, gives {up.sd:.3f} ({up.sd / p.sd - 1:+.0%}, "
                   f"{up.disagreements} disagreements)." if up is not None else "."))
+        if w in holds and up is not None:
+            cuts.append((c, 1 - needed[c] / p.sd, 1 - up.sd / p.sd))
     else:
         text += "Its mean error alone flips more than half of PTQ's disagreements: no spread wins half back."
     lines.append(text)
 display(Markdown("\\n".join(lines)))
-holds = [w for w in sweep_w if fit_w[w] <= 0.15]
 display(Markdown(
     "Over the models of the table with at least 20 disagreements, the prediction from the spread alone is within " +
     ", ".join(f"{fit_w[w]:.0%} (W{w})" for w in sweep_w) + " of the measured disagreements. " +
@@ -763,12 +762,6 @@ answer = (f"**When is QAT worth it here?** At 8 bits it buys nothing: PTQ is wit
           (f" — at their best temperatures PTQ and QAT are within {scale_gap:.0%}: a change of the logits' scale" if scale_only else "") +
           (f"; the spread of the margin error that decides answers changes by {ch.noise.min():+.0%} to {ch.noise.max():+.0%}"
            if has_unsure else "") + "; ")
-cuts = []   # (config, the cut of the spread half of PTQ's loss takes, the cut one more activation bit gives)
-for c, v in needed.items():
-    w_ = qat.parse_config(c)[0]
-    if w_ in holds and np.isfinite(v) and (w_, 5, "PTQ") in nd.index:
-        sd4 = nd.loc[(w_, 4, "PTQ")].sd
-        cuts.append((c, 1 - v / sd4, 1 - nd.loc[(w_, 5, "PTQ")].sd / sd4))
 if cuts:
     answer += ("the number of answers a model turns follows the spread of that error, and half of the loss would take "
                "narrowing it by " + ", ".join(f"{k:.0%} ({c}; one more activation bit, without training, narrows it by {b:.0%})"
