@@ -278,9 +278,7 @@ def convert(model: nn.Module, calib_x: torch.Tensor, observer: str = "minmax",
     if weight_codes not in (None, True, False):
         raise ValueError(f"weight_codes={weight_codes!r}: expected None, True or False "
                          "(int8.convert)")
-    if not torch.is_tensor(calib_x) or calib_x.dim() != 4 or len(calib_x) < 1:
-        raise ValueError(f"calib_x: expected a float tensor [N, 3, H, W] with N >= 1, got "
-                         f"{getattr(calib_x, 'shape', type(calib_x).__name__)} (int8.convert)")
+    _check_calib(calib_x, "int8.convert")
     num_classes = check_resnet18(model)
     src = model
     for name, m in model.named_modules():
@@ -314,6 +312,12 @@ def convert(model: nn.Module, calib_x: torch.Tensor, observer: str = "minmax",
     qmodel = _convert(prepared)
     _set_codes(qmodel, codes)
     return qmodel
+
+
+def _check_calib(calib_x, where: str) -> None:
+    if not torch.is_tensor(calib_x) or calib_x.dim() != 4 or len(calib_x) < 1:
+        raise ValueError(f"calib_x: expected a float tensor [N, 3, H, W] with N >= 1, got "
+                         f"{getattr(calib_x, 'shape', type(calib_x).__name__)} ({where})")
 
 
 def _is_observer_key(k: str) -> bool:
@@ -403,13 +407,26 @@ def file_size_mb(path) -> float:
 # Helpers for int8 QAT (qat.py): torch's fused conv-BN-ReLU QAT modules and fake quant
 # --------------------------------------------------------------------------------------
 
-def prepare_qat(model_fp: nn.Module) -> nn.Module:
+def prepare_qat(model_fp: nn.Module, calib_x: Optional[torch.Tensor] = None,
+                observer: str = "histogram") -> nn.Module:
     """A trainable fake-quant copy: the quantizable ResNet-18 loaded with ``model_fp``'s
-    weights (BN kept), conv-BN-ReLU fused for QAT, torch's default x86 QAT qconfig."""
+    weights (BN kept), conv-BN-ReLU fused for QAT.
+
+    ``calib_x=None``: torch's default x86 QAT qconfig — activation ranges are moving averages
+    of what the observers see during training (the standard recipe). With ``calib_x``: the
+    activation fake quantizers hold ``convert``'s PTQ observer (``observer``), calibrated exactly
+    as ``convert`` calibrates — float activations (fake quantization off), BN running
+    statistics, the same batches — and then switched off, so the model starts as the int8 PTQ
+    model and its ranges stay fixed. Its BN statistics are frozen too (``freeze_bn_stats``).
+    """
     num_classes = check_resnet18(model_fp)
     if any(isinstance(m, nn.Identity) for m in model_fp.modules()):
         raise ValueError("int8.prepare_qat: expects the float model with its BatchNorms "
                          "(not a BN-folded copy)")
+    if calib_x is not None:
+        _check_calib(calib_x, "int8.prepare_qat")
+        if observer not in OBSERVERS:
+            raise ValueError(f"observer={observer!r}: expected one of {OBSERVERS} (int8.prepare_qat)")
     set_engine()
     q = quantizable_resnet18(num_classes)
     q.load_state_dict(model_fp.state_dict())
@@ -417,8 +434,22 @@ def prepare_qat(model_fp: nn.Module) -> nn.Module:
     tq = _tq()
     with _quiet():
         q.fuse_model(is_qat=True)
-        q.qconfig = tq.get_default_qat_qconfig(ENGINE)
+        default = tq.get_default_qat_qconfig(ENGINE)
+        if calib_x is None:
+            q.qconfig = default
+        else:
+            ptq_act = qconfig(observer).activation
+            q.qconfig = tq.QConfig(activation=tq.FakeQuantize.with_args(observer=ptq_act),
+                                   weight=default.weight)
         tq.prepare_qat(q, inplace=True)
+    if calib_x is not None:
+        freeze_bn_stats(q)
+        q.apply(tq.disable_fake_quant)
+        observers(q, True)
+        calibrate(q, calib_x)
+        observers(q, False)
+        q.apply(tq.enable_fake_quant)
+        q.train()
     return q
 
 

@@ -5,8 +5,11 @@ ResNet-18 loaded with the FP weights, conv-BN-ReLU fused for QAT, torch's defaul
 qconfig (fake-quantized per-channel int8 weights, per-tensor uint8 activations with moving-
 average ranges), a few epochs of fine-tuning at a small learning rate; for the last
 ``freeze_epochs`` the observers (activation ranges) and the BN statistics are frozen; then
-``int8.convert_qat`` turns it into the int8 engine model. The torch.ao calls live in
-``int8.py``.
+``int8.convert_qat`` turns it into the int8 engine model. Given calibration images
+(``calib_x``), it starts instead from the int8 PTQ model: histogram-calibrated ranges, kept
+fixed, and BN statistics frozen from the first step (on this study's data the standard
+recipe's moving-average ranges and batch-statistics updates cost more agreement with FP32 than
+the fine-tune wins back; chapter 07 measures both). The torch.ao calls live in ``int8.py``.
 
 **LSQ** (Esser et al., "Learned Step Size Quantization", ICLR 2020; ``lsq_train``): every
 Conv2d/Linear of the BN-folded model quantizes its weight per output channel and its input
@@ -273,17 +276,25 @@ def _fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True
 # --------------------------------------------------------------------------------------
 
 def train_int8(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings = QATSettings(),
-               progress: bool = True, device=None):
-    """int8 QAT of the FP ResNet-18 (not changed); returns ``(int8 engine model, history)``."""
+               progress: bool = True, device=None, calib_x: Optional[torch.Tensor] = None):
+    """int8 QAT of the FP ResNet-18 (not changed); returns ``(int8 engine model, history)``.
+
+    ``calib_x=None``: the standard recipe — activation ranges are moving averages learned while
+    training and BN normalises with batch statistics, both frozen for the last
+    ``freeze_epochs``. With ``calib_x`` (train-split images): the fine-tune starts from the int8
+    PTQ model — ranges calibrated by ``int8.convert``'s histogram observer on these images and
+    kept fixed, BN running statistics frozen throughout (``freeze_epochs`` has nothing left to
+    freeze) — so only the weights and biases move."""
     if settings.w_bits != 8 or settings.a_bits != 8:
         raise ValueError(f"w_bits={settings.w_bits}, a_bits={settings.a_bits}: int8 QAT on the "
                          "engine needs w_bits=8 and a_bits=8 (use lsq_train for lower bits)")
-    if settings.freeze_epochs >= settings.epochs:  # the observers would never see a batch
+    from_ptq = calib_x is not None
+    if not from_ptq and settings.freeze_epochs >= settings.epochs:  # observers would never see a batch
         raise ValueError(f"freeze_epochs={settings.freeze_epochs} with epochs={settings.epochs}: int8 QAT "
                          "learns the activation ranges in the epochs before the frozen ones; expected "
-                         "freeze_epochs < epochs (QATSettings.freeze_epochs)")
-    prepared = int8.prepare_qat(copy.deepcopy(model_fp).cpu())
-    first_frozen = settings.epochs - settings.freeze_epochs
+                         "freeze_epochs < epochs (QATSettings.freeze_epochs), or calibrated ranges (calib_x)")
+    prepared = int8.prepare_qat(copy.deepcopy(model_fp).cpu(), calib_x=calib_x)
+    first_frozen = 0 if from_ptq else settings.epochs - settings.freeze_epochs
 
     def on_epoch(m, ep):  # the standard recipe: ranges and BN statistics frozen at the end
         int8.observers(m, ep < first_frozen)

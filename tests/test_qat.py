@@ -219,6 +219,53 @@ def test_observers_can_be_frozen(fp, x):
     assert torch.equal(obs.activation_post_process.max_val, before[1])
 
 
+
+def _act_qparams(q):
+    """(scale, zero_point) of every quantized module's output in an int8 engine model."""
+    return {n: (float(m.scale), int(m.zero_point)) for n, m in q.named_modules()
+            if hasattr(m, "scale") and hasattr(m, "zero_point") and not isinstance(m.scale, torch.Tensor)}
+
+
+def test_int8_qat_from_ptq_starts_at_the_ptq_model(fp, splits):
+    calib_x = qdata.to_float(splits.train.images)
+    ptq = int8.convert(fp, calib_x, observer="histogram")
+    start = int8.convert_qat(int8.prepare_qat(fp, calib_x=calib_x))
+    a, b = _act_qparams(ptq), _act_qparams(start)
+    assert len(a) > 20 and a.keys() == b.keys()
+    for n in a:  # the same calibration: the same activation ranges
+        assert b[n][1] == a[n][1] and b[n][0] == pytest.approx(a[n][0], rel=1e-5), n
+    mods = dict(ptq.named_modules())
+    for n, m in start.named_modules():  # the same weight codes, but for rounding ties: QAT folds
+        if callable(getattr(m, "weight", None)):  # BN in float32, convert in float64
+            wa, wb = mods[n].weight().int_repr().int(), m.weight().int_repr().int()
+            assert (wa - wb).abs().max() <= 1 and (wa != wb).float().mean() < 5e-3, n
+
+
+def test_int8_qat_from_ptq_keeps_its_ranges(fp, splits):
+    calib_x = qdata.to_float(splits.train.images)
+    before = int8.prepare_qat(fp, calib_x=calib_x)
+    q, _ = qat.train_int8(fp, splits, QATSettings(epochs=2, lr=1e-2, **FAST), progress=False, calib_x=calib_x)
+    ref = int8.convert_qat(before)
+    assert _act_qparams(q) == _act_qparams(ref)  # ranges fixed while the weights moved
+    assert not torch.equal(q.layer1[0].conv1.weight().int_repr(), ref.layer1[0].conv1.weight().int_repr())
+
+
+def test_int8_qat_from_ptq_bn_statistics_do_not_move(fp, splits):
+    calib_x = qdata.to_float(splits.train.images)
+    m = int8.prepare_qat(fp, calib_x=calib_x)
+    stats = {k: v.clone() for k, v in m.state_dict().items() if "running_" in k}
+    m.train()
+    with torch.no_grad():
+        m(qdata.to_float(splits.val.images) * 3)  # a training-mode pass on other images
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in stats.items())
+
+
+def test_int8_qat_bad_calibration_images(fp, splits):
+    with pytest.raises(ValueError, match=r"calib_x: expected a float tensor \[N, 3, H, W\].*int8.prepare_qat"):
+        qat.train_int8(fp, splits, QATSettings(**FAST), progress=False, calib_x=torch.zeros(3, 32, 32))
+    with pytest.raises(ValueError, match="observer='mse'"):
+        int8.prepare_qat(fp, calib_x=torch.zeros(2, 3, 32, 32), observer="mse")
+
 # ---- settings -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw, name", [
