@@ -569,13 +569,16 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     a.set_ylabel("sd of the margin error (FP32 unsure)")
     a.set_ylim(0, None)
     a.legend(fontsize=7)
-    for _, r in df.iterrows():
+    top = 1.1 * float(max(df.disagreements.max(), df.predicted.max(), 1))
+    placed = []  # labels go below their point, stacked further down where points crowd together
+    for _, r in df.sort_values("predicted", ascending=False).iterrows():
         c = colors[r.w_bits]
         b.scatter(r.disagreements, r.predicted, color=c, marker="*" if r.kind == "QAT" else "o",
                   s=110 if r.kind == "QAT" else 30, edgecolor="black" if r.kind == "QAT" else None, zorder=3)
-        b.annotate(r.model, (r.disagreements, r.predicted), fontsize=6, xytext=(3, -8),
+        near = sum(abs(r.disagreements - x) < 0.12 * top and abs(r.predicted - y) < 0.06 * top for x, y in placed)
+        b.annotate(r.model, (r.disagreements, r.predicted), fontsize=6, xytext=(3, -8 - 7 * near),
                    textcoords="offset points")
-    top = 1.1 * float(max(df.disagreements.max(), df.predicted.max(), 1))
+        placed.append((r.disagreements, r.predicted))
     b.plot([0, top], [0, top], color="black", lw=0.8, ls=":", label="predicted = measured")
     b.set_xlim(0, top)
     b.set_ylim(0, top)

@@ -568,26 +568,18 @@ display(Markdown("\\n\\n".join(
     for c, r in ch.loc[lsq_configs].iterrows())))
 scale_gap = ch.beyond.abs().max()     # how far apart PTQ and QAT are once each is at its best temperature
 scale_only = scale_gap < 0.1
-if scale_only and has_unsure and ch.noise.abs().max() < 0.1:
-    display(Markdown(
-        f"What the fine-tune removes is the part of the KL that a temperature removes too: once each model is divided by its "
-        f"best τ, PTQ and QAT are within {scale_gap:.0%} of each other in every configuration, and "
-        f"the spread of the margin error on the images FP32 is unsure of — which is what turns answers — moves by "
-        f"{ch.noise.min():+.0%} to {ch.noise.max():+.0%}. One number per model removes {-ch.temperature.max():.0%}–{-ch.temperature.min():.0%} of "
-        f"PTQ's KL, the fine-tune changes it by {ch.fine_tune.min():+.0%} to {ch.fine_tune.max():+.0%}; the errors that decide agreement "
-        "stay as they were. The right panel shows where answers "
-        "turn: the margin error reaches the margin (the dotted line) only on the images FP32 separates least, and there the "
-        "fine-tune's curves lie on PTQ's. For a fine-tune on this data the KL is the wrong gauge of fidelity: "
-        "it can fall without a single answer changing."))
-elif scale_only and has_unsure and ch.noise.min() > -0.1:
+if scale_only and has_unsure and ch.noise.min() > -0.1:
+    steady = ch.noise.abs().max() < 0.1  # the spread moves by less than a tenth either way
     display(Markdown(
         f"What the fine-tune does to the KL is what a temperature does too: once each model is divided by its best τ, PTQ and "
         f"QAT are within {scale_gap:.0%} of each other in every configuration (one number per model removes "
         f"{-ch.temperature.max():.0%}–{-ch.temperature.min():.0%} of PTQ's KL, the fine-tune changes it by {ch.fine_tune.min():+.0%} "
         f"to {ch.fine_tune.max():+.0%}). The spread of the margin error on the images FP32 is unsure of — which is what turns "
-        f"answers — does not narrow: it changes by {ch.noise.min():+.0%} to {ch.noise.max():+.0%}. The right panel shows where answers "
-        "turn: the margin error reaches the margin (the dotted line) only on the images FP32 separates least. For a fine-tune on "
-        "this data the KL is the wrong gauge of fidelity: it can fall while the errors that decide answers stay or grow."))
+        f"answers — {'stays as it was' if steady else 'does not narrow'}: it changes by {ch.noise.min():+.0%} to {ch.noise.max():+.0%}. "
+        "The right panel shows where answers turn: the margin error reaches the margin (the dotted line) only on the images FP32 "
+        "separates least" + (", and there the fine-tune's curves lie on PTQ's" if steady else "") + ". For a fine-tune on this "
+        "data the KL is the wrong gauge of fidelity: it can fall while the errors that decide answers "
+        f"{'stay as they were' if steady else 'stay or grow'}."))
 else:
     display(Markdown(
         f"The fine-tune changes more than the logits' scale: at their best temperatures QAT's KL differs from PTQ's by "
