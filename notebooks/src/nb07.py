@@ -105,7 +105,7 @@ image_size = None
 split = None
 seed = None
 smoke = None
-int8_epochs = 3        # int8 QAT: epochs (the last one with frozen observers and BN statistics)
+int8_epochs = 3        # int8 QAT: epochs (standard recipe: the last one with frozen observers and BN statistics)
 int8_steps = 45        # int8 QAT: optimizer steps in all (batch 128), i.e. 15 per epoch
 int8_lr = 1e-3         # int8 QAT: SGD learning rate (cosine-decayed)
 int8_other_lrs = [1e-4, 1e-5]  # int8 QAT from PTQ: the same run at these learning rates too
@@ -155,7 +155,7 @@ The PTQ model is chapter 6's: the baseline converted to the int8 engine with his
 activations. The QAT models are fine-tuned from the same baseline, for the same steps, and
 converted by the same engine: once with the standard recipe and once from the PTQ model (whose
 step 0 *is* that PTQ model, up to rounding ties in folding BN). The chapter's recipe is also run
-at two smaller learning rates, to show how much the result moves with a setting nobody can tune
+at smaller learning rates, to show how much the result moves with a setting nobody can tune
 on the test split. All are saved with `int8.save` and measured with the same protocol: test
 accuracy with a track-level bootstrap interval, agreement with FP32, the real file, and the
 latency of a batch of 64 images on 2 threads (FP32, PTQ and the chapter's QAT model timed in
@@ -201,7 +201,7 @@ tab8 = pd.DataFrame([
 tab8["speedup"] = tab8.loc["FP32", "ms_per_batch"] / tab8["ms_per_batch"]
 display(tab8[["accuracy", "acc_lo", "acc_hi", "agreement", "kl", "size_mb", "ms_per_batch", "speedup", "seconds"]].round(4))
 n_fid8 = ref.fp["n_fidelity"]
-runs8 = [("int8 PTQ (histogram)", "-", r_ptq8), (f"QAT, standard recipe", f"{int8_lr:g}", r_qat8_std),
+runs8 = [("int8 PTQ (histogram)", "-", r_ptq8), ("QAT, standard recipe", f"{int8_lr:g}", r_qat8_std),
          ("QAT from PTQ (the chapter's)", f"{int8_lr:g}", r_qat8)] + \
         [("QAT from PTQ", f"{lr:g}", ref.row(m)) for lr, m in lr_runs.items()]
 recipes8 = pd.DataFrame([{"model": name, "lr": lr, "accuracy": r["accuracy"], "vs FP32 (points)": (r["accuracy"] - ref.fp["accuracy"]) * 100,
