@@ -219,6 +219,10 @@ def test_observers_can_be_frozen(fp, x):
     assert torch.equal(obs.activation_post_process.max_val, before[1])
 
 
+@pytest.fixture(scope="module")
+def calib_x(splits):
+    return qdata.to_float(splits.train.images)
+
 
 def _act_qparams(q):
     """(scale, zero_point) of every quantized module's output in an int8 engine model."""
@@ -226,8 +230,7 @@ def _act_qparams(q):
             if hasattr(m, "scale") and hasattr(m, "zero_point") and not isinstance(m.scale, torch.Tensor)}
 
 
-def test_int8_qat_from_ptq_starts_at_the_ptq_model(fp, splits):
-    calib_x = qdata.to_float(splits.train.images)
+def test_int8_qat_from_ptq_starts_at_the_ptq_model(fp, calib_x):
     ptq = int8.convert(fp, calib_x, observer="histogram")
     start = int8.convert_qat(int8.prepare_qat(fp, calib_x=calib_x))
     a, b = _act_qparams(ptq), _act_qparams(start)
@@ -241,8 +244,7 @@ def test_int8_qat_from_ptq_starts_at_the_ptq_model(fp, splits):
             assert (wa - wb).abs().max() <= 1 and (wa != wb).float().mean() < 5e-3, n
 
 
-def test_int8_qat_from_ptq_keeps_its_ranges(fp, splits):
-    calib_x = qdata.to_float(splits.train.images)
+def test_int8_qat_from_ptq_keeps_its_ranges(fp, splits, calib_x):
     before = int8.prepare_qat(fp, calib_x=calib_x)
     q, _ = qat.train_int8(fp, splits, QATSettings(epochs=2, lr=1e-2, **FAST), progress=False, calib_x=calib_x)
     ref = int8.convert_qat(before)
@@ -250,10 +252,10 @@ def test_int8_qat_from_ptq_keeps_its_ranges(fp, splits):
     assert not torch.equal(q.layer1[0].conv1.weight().int_repr(), ref.layer1[0].conv1.weight().int_repr())
 
 
-def test_int8_qat_from_ptq_bn_statistics_do_not_move(fp, splits):
-    calib_x = qdata.to_float(splits.train.images)
+def test_int8_qat_from_ptq_bn_statistics_do_not_move(fp, splits, calib_x):
     m = int8.prepare_qat(fp, calib_x=calib_x)
     stats = {k: v.clone() for k, v in m.state_dict().items() if "running_" in k}
+    assert len(stats) == 2 * 20  # running mean and variance of ResNet-18's 20 BatchNorms
     m.train()
     with torch.no_grad():
         m(qdata.to_float(splits.val.images) * 3)  # a training-mode pass on other images
@@ -265,6 +267,7 @@ def test_int8_qat_bad_calibration_images(fp, splits):
         qat.train_int8(fp, splits, QATSettings(**FAST), progress=False, calib_x=torch.zeros(3, 32, 32))
     with pytest.raises(ValueError, match="observer='mse'"):
         int8.prepare_qat(fp, calib_x=torch.zeros(2, 3, 32, 32), observer="mse")
+
 
 # ---- settings -------------------------------------------------------------------------
 

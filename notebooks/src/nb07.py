@@ -208,14 +208,14 @@ recipes8 = pd.DataFrame([{"model": name, "lr": lr, "accuracy": r["accuracy"], "v
                           "agreement": r["agreement"], "disagreements": round((1 - r["agreement"]) * n_fid8), "kl": r["kl"]}
                          for name, lr, r in runs8]).set_index("model")
 display(recipes8.round(4))
+own8 = recipes8.iloc[2:]  # the runs from the PTQ model, one per learning rate
 """),
 code("""
 lab_std, lab_own = "standard recipe (loss: cross-entropy)", "from PTQ (loss: KL to FP32)"
 fig = plots.qat_curves({lab_std: hist8_std, lab_own: hist8}, starts={lab_own: models.evaluate(ptq8, splits.val)["accuracy"]},
                        title="int8 QAT (standard recipe: last epoch with observers and BN statistics frozen)")
 d_acc = (r_qat8["accuracy"] - r_ptq8["accuracy"]) * 100
-dis = recipes8["disagreements"]
-ptq_dis, std_dis, own_dis = dis.iloc[0], dis.iloc[1], dis.iloc[2:]
+ptq_dis, std_dis, own_dis = recipes8["disagreements"].iloc[0], recipes8["disagreements"].iloc[1], own8["disagreements"]
 display(Markdown(
     f"int8 QAT from PTQ reaches **{r_qat8['accuracy']:.2%}** test accuracy (PTQ: {r_ptq8['accuracy']:.2%}, FP32: "
     f"{ref.fp['accuracy']:.2%}; {d_acc:+.2f} points vs PTQ) and **{r_qat8['agreement']:.2%}** agreement with "
@@ -223,7 +223,7 @@ display(Markdown(
     f"{tab8.loc['int8 QAT', 'speedup']:.1f}x faster than FP32. It cost {qat8_s / 60:.1f} min of training against "
     f"{ptq8_s:.1f} s of calibration. PTQ disagrees with FP32 on {ptq_dis} of {n_fid8:,} held-out images; started from it, "
     f"the fine-tune ends at {own_dis.min()}–{own_dis.max()} over the {len(own_dis)} learning rates "
-    f"({(recipes8['vs FP32 (points)'].iloc[2:]).min():+.2f} to {(recipes8['vs FP32 (points)'].iloc[2:]).max():+.2f} points of "
+    f"({own8['vs FP32 (points)'].min():+.2f} to {own8['vs FP32 (points)'].max():+.2f} points of "
     f"test accuracy vs FP32). The standard recipe — moving-average ranges, BN statistics re-estimated from a few dozen "
     f"augmented batches, labels instead of FP32's outputs — ends at **{std_dis}**" +
     (f", further from FP32 than the PTQ model it could have started from" if std_dis > ptq_dis else "") +
@@ -762,9 +762,9 @@ code("""
 rec = {c: recovery(c) for c in lsq_configs if "A4" in c}
 w2a8 = [c for c in lsq_configs if c == "W2A8"]
 d_fp, sp8 = (r_qat8["accuracy"] - ref.fp["accuracy"]) * 100, tab8.loc["int8 QAT", "speedup"]
-d_lrs = recipes8["vs FP32 (points)"].iloc[2:]
+d_lrs = own8["vs FP32 (points)"]
 msg = [f"int8 QAT (from PTQ): {d_fp:+.2f} points of test accuracy vs FP32 ({'meets' if d_fp >= -0.2 else 'misses'} the target of at most "
-       f"0.2 below; {d_lrs.min():+.2f} to {d_lrs.max():+.2f} over the learning rates {', '.join(recipes8['lr'].iloc[2:])}, "
+       f"0.2 below; {d_lrs.min():+.2f} to {d_lrs.max():+.2f} over the learning rates {', '.join(own8['lr'])}, "
        f"{(r_qat8_std['accuracy'] - ref.fp['accuracy']) * 100:+.2f} with the standard recipe), {r_qat8['size_mb']:.2f} MB ({'meets' if r_qat8['size_mb'] <= 11.5 else 'misses'} at most 11.5), "
        f"{sp8:.1f}x FP32's throughput in this chapter's timing ({'meets' if sp8 >= 3.5 else 'misses'} at least 3.5x; "
        "chapter 8 times every variant again in one benchmark)"]
