@@ -95,6 +95,22 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (x - mean) * c + mean + b
 
 
+def machine() -> dict:
+    """What a CPU training's rounding depends on: the CPU, the kernels PyTorch dispatches to on it
+    (``torch.backends.cpu.get_cpu_capability``: AVX2, AVX512, ...), the thread count and the
+    PyTorch version. Training is bit-reproducible only where all of them match: one epoch of
+    the baseline from the same seed ended at training loss 3.04 (AVX512 kernels, 2 threads),
+    3.32 (AVX2 kernels forced) and 2.83 (one thread) on one machine."""
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "kernels": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
 def train(model: torch.nn.Module, splits: qdata.Splits, cfg: Config, epochs: int | None = None,
           lr: float | None = None, progress: bool = True) -> dict:
     """SGD (Nesterov momentum, weight decay), linear warm-up then cosine decay, label smoothing,
@@ -151,6 +167,7 @@ def train(model: torch.nn.Module, splits: qdata.Splits, cfg: Config, epochs: int
     bar.close()
     model.to(memory_format=torch.contiguous_format).eval()  # as a loaded checkpoint: same speed
     hist["precision"] = precision
+    hist["machine"] = machine()  # a retraining elsewhere gives other weights: see machine()
     return hist
 
 

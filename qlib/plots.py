@@ -11,6 +11,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from adjustText import adjust_text
 
 PALETTE = {"fp32": "#222222", "rtn": "#1f77b4", "gptq": "#d62728", "awq": "#2ca02c",
            "smoothquant": "#9467bd", "int8": "#8c564b", "qat": "#ff7f0e", "seed": "#7f7f7f"}
@@ -357,10 +358,9 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
     idx = pareto_front(xs, d[y].to_numpy())
     fr = d.iloc[idx].sort_values(x)
     ax.plot(fr[x], fr[y] * 100, color="k", lw=1, ls="--", label="Pareto front")
-    key = []
+    key, numbers = [], []
     for i, (_, r) in enumerate(fr.iterrows(), 1):
-        ax.annotate(str(i), (r[x], r[y] * 100), fontsize=7, xytext=(-3, 6 if i % 2 else -12),
-                    textcoords="offset points", fontweight="bold", zorder=20)
+        numbers.append(ax.text(r[x], r[y] * 100, str(i), fontsize=7, fontweight="bold", zorder=20))
         value = f"{r[x]:.2f} MB" if "mb" in x else f"{r[x]:.3g}"
         key.append(f"{i}  {r.get('label', r['method'])}  ({value}, {r[y]:.1%})")
     ax.text(1.02, 1.0, "Pareto front\n" + "\n".join(key), transform=ax.transAxes, fontsize=7,
@@ -378,6 +378,10 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
+    # after the layout is final: the numbers pushed off every point and each other (the front is
+    # dense near the smallest files), each tied to its point by a thin line
+    adjust_text(numbers, x=d[x].to_numpy(), y=d[y].to_numpy() * 100, ax=ax, expand=(1.6, 1.8),
+                arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
     return fig
 
 
@@ -385,10 +389,14 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
 # Chapter 07: quantization-aware training
 # --------------------------------------------------------------------------------------
 
-def qat_curves(curves: dict, starts: dict | None = None, title: str = "QAT training curves"):
+def qat_curves(curves: dict, starts: dict | None = None, title: str = "QAT training curves",
+               relative_loss: bool = False):
     """``curves``: label -> history of ``qat._fit`` (per epoch: steps, train_loss, val_acc);
     ``starts``: label -> validation accuracy at step 0 (the PTQ starting point). Validation
-    accuracy and training loss against optimizer steps."""
+    accuracy and training loss against optimizer steps. The loss is on a log axis (losses of
+    different configurations differ by orders of magnitude); ``relative_loss`` divides each
+    curve by its first epoch's value instead, for runs trained on different losses, whose
+    levels cannot be compared but whose changes can."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
     for i, (label, h) in enumerate(curves.items()):
         color = plt.cm.tab10(i % 10)
@@ -397,13 +405,20 @@ def qat_curves(curves: dict, starts: dict | None = None, title: str = "QAT train
         if starts and label in starts:
             xs, ys = [0] + xs, [starts[label] * 100] + ys
         a.plot(xs, ys, marker="o", color=color, label=label)
-        b.plot(steps, h["train_loss"], marker="o", color=color, label=label)
+        loss = np.asarray(h["train_loss"], dtype=float)
+        b.plot(steps, loss / loss[0] if relative_loss else loss, marker="o", color=color, label=label)
     a.set_xlabel("optimizer steps")
     a.set_ylabel("val accuracy (%)")
     a.set_title("validation accuracy (step 0: the PTQ start)", fontsize=9)
     b.set_xlabel("optimizer steps")
-    b.set_ylabel("training loss (epoch mean)")
-    b.set_title("training loss", fontsize=9)
+    if relative_loss:
+        b.axhline(1.0, color="gray", lw=0.8)
+        b.set_ylabel("training loss / first epoch's")
+        b.set_title("training loss, each relative to its first epoch", fontsize=9)
+    else:
+        b.set_yscale("log")
+        b.set_ylabel("training loss (epoch mean, log)")
+        b.set_title("training loss", fontsize=9)
     a.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
@@ -570,15 +585,14 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     a.set_ylim(0, None)
     a.legend(fontsize=7)
     top = 1.1 * float(max(df.disagreements.max(), df.predicted.max(), 1))
-    placed = []  # labels go below their point, stacked further down where points crowd together
-    for _, r in df.sort_values("predicted", ascending=False).iterrows():
-        c = colors[r.w_bits]
-        b.scatter(r.disagreements, r.predicted, color=c, marker="*" if r.kind == "QAT" else "o",
-                  s=110 if r.kind == "QAT" else 30, edgecolor="black" if r.kind == "QAT" else None, zorder=3)
-        near = sum(abs(r.disagreements - x) < 0.12 * top and abs(r.predicted - y) < 0.06 * top for x, y in placed)
-        b.annotate(r.model, (r.disagreements, r.predicted), fontsize=6, xytext=(3, -8 - 7 * near),
-                   textcoords="offset points")
-        placed.append((r.disagreements, r.predicted))
+    texts, xs, ys = [], [], []
+    for _, r in df.iterrows():
+        qat_ = r.kind == "QAT"
+        b.scatter(r.disagreements, r.predicted, color=colors[r.w_bits], marker="*" if qat_ else "o",
+                  s=110 if qat_ else 30, edgecolor="black" if qat_ else None, zorder=3)
+        texts.append(b.text(r.disagreements, r.predicted, r.model, fontsize=6.5))
+        xs.append(r.disagreements)
+        ys.append(r.predicted)
     b.plot([0, top], [0, top], color="black", lw=0.8, ls=":", label="predicted = measured")
     b.set_xlim(0, top)
     b.set_ylim(0, top)
@@ -587,6 +601,9 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     b.legend(fontsize=7, loc="upper left")
     fig.suptitle(title, fontsize=10, fontweight="bold")
     fig.tight_layout()
+    # after the layout is final: labels pushed off their points and each other (the W2
+    # configurations crowd together), each tied to its point by a thin line
+    adjust_text(texts, x=xs, y=ys, ax=b, expand=(1.3, 1.6), arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
     return fig
 
 

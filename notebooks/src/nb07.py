@@ -213,7 +213,8 @@ own8 = recipes8.iloc[2:]  # the runs from the PTQ model, one per learning rate
 code("""
 lab_std, lab_own = "standard recipe (loss: cross-entropy)", "from PTQ (loss: KL to FP32)"
 fig = plots.qat_curves({lab_std: hist8_std, lab_own: hist8}, starts={lab_own: models.evaluate(ptq8, splits.val)["accuracy"]},
-                       title="int8 QAT (standard recipe: last epoch with observers and BN statistics frozen)")
+                       title="int8 QAT: the standard recipe (ranges and BN statistics frozen for the last epoch) and from PTQ (fixed from the start)",
+                       relative_loss=True)  # two different losses: their changes compare, their levels do not
 d_acc = (r_qat8["accuracy"] - r_ptq8["accuracy"]) * 100
 ptq_dis, std_dis, own_dis = recipes8["disagreements"].iloc[0], recipes8["disagreements"].iloc[1], own8["disagreements"]
 display(Markdown(

@@ -148,7 +148,7 @@ d["label"] = d["label"].fillna(d["method"])
 fig = plots.tradeoff(d, "size_mb", "accuracy", "file size (MB, log scale)", title="Accuracy vs file size", fp_y=fp_acc)
 if not cfg.smoke:
     plots.save(fig, results.results_dir(cfg) / "pareto.png")
-fig = plots.tradeoff(d, "size_mb", "agreement", "file size (MB, log scale)", title="Agreement with FP32 vs file size")
+fig = plots.tradeoff(d, "size_mb", "agreement", "file size (MB, log scale)", title="Agreement with FP32 vs file size", fp_y=1.0)
 """),
 code("""
 t = df.copy()

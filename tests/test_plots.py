@@ -1,0 +1,66 @@
+"""Figures whose readability is a property of the code: labels that do not overlap, and loss
+curves put on a common footing when they are different losses."""
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from qlib import plots  # noqa: E402
+
+# chapter 07's margin-noise table on the real data (book at 81d7d8a): the W2 points crowd
+# within a few images of each other, which is where labels used to print over each other
+NOISE = [("W2A3 PTQ", .883, 134, 193), ("W2A4 PTQ", .720, 130, 165), ("W2A5 PTQ", .686, 120, 150),
+         ("W2A6 PTQ", .652, 118, 141), ("W2A8 PTQ", .646, 115, 129), ("W4A3 PTQ", .954, 110, 116),
+         ("W4A4 PTQ", .507, 71, 66), ("W4A5 PTQ", .321, 45, 48), ("W4A6 PTQ", .220, 31, 29),
+         ("W4A8 PTQ", .168, 24, 24), ("W4A4 LSQ", .574, 80, 83), ("W2A4 LSQ", .769, 137, 172),
+         ("W2A8 LSQ", .671, 118, 144)]
+
+
+def test_noise_and_flips_labels_do_not_overlap():
+    df = pd.DataFrame([{"model": m, "w_bits": int(m[1]), "a_bits": int(m[3]), "kind": "QAT" if "LSQ" in m else "PTQ",
+                        "sd": sd, "predicted": float(p), "disagreements": d} for m, sd, p, d in NOISE])
+    fig = plots.noise_and_flips(df, {"W4A4: half of PTQ's loss": 0.215})
+    ax = fig.axes[1]
+    renderer = fig.canvas.get_renderer()
+    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+    assert set(boxes) == set(df.model)  # every point labelled once
+    names = sorted(boxes)
+    overlaps = [(a, b) for i, a in enumerate(names) for b in names[:i] if boxes[a].overlaps(boxes[b])]
+    assert overlaps == []
+    matplotlib.pyplot.close(fig)
+
+
+def _hist(loss):
+    return {"steps": [15] * len(loss), "train_loss": loss, "val_acc": [0.9] * len(loss)}
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_qat_curves_loss_panel(relative):
+    curves = {"cross-entropy": _hist([0.65, 0.64, 0.63]), "KL": _hist([3e-4, 2e-4, 1.5e-4])}
+    fig = plots.qat_curves(curves, relative_loss=relative)
+    lines = fig.axes[1].get_lines()
+    ys = [np.asarray(l.get_ydata(), dtype=float) for l in lines if l.get_label() in curves]
+    if relative:  # each loss over its own first epoch: both start at 1, and keep their shape
+        assert all(y[0] == 1.0 for y in ys)
+        np.testing.assert_allclose(ys[1], [1, 2 / 3, 0.5])
+    else:  # raw levels, on a log axis so a loss 1000x smaller is not flat on zero
+        assert fig.axes[1].get_yscale() == "log"
+        np.testing.assert_allclose(ys[0], [0.65, 0.64, 0.63])
+    matplotlib.pyplot.close(fig)
+
+
+def test_tradeoff_front_numbers_do_not_overlap():
+    # a Pareto front packed into the smallest files, as chapter 08's is: 2.82-2.91 MB
+    size = [2.82, 2.83, 2.85, 2.90, 2.91, 3.24, 4.22, 4.29, 5.63, 5.69, 11.28, 44.8]
+    acc = [.902, .943, .958, .959, .960, .962, .965, .986, .992, .993, .999, 1.0]
+    df = pd.DataFrame({"size_mb": size, "agreement": acc, "method": ["gptq"] * 11 + ["fp32"]})
+    fig = plots.tradeoff(df, "size_mb", "agreement", fp_y=1.0)
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    numbers = [t for t in ax.texts if t.get_text().isdigit()]
+    assert sorted(int(t.get_text()) for t in numbers) == list(range(1, len(size) + 1))  # all on the front
+    boxes = [t.get_window_extent(renderer) for t in numbers]
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(len(boxes)) for j in range(i))
+    matplotlib.pyplot.close(fig)
