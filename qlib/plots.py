@@ -341,11 +341,13 @@ def _plain_log_ticks(axis) -> None:
 def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = True, title: str = "",
              fp_y=None, front: str = "min"):
     """Every variant a point (colour: method), with the Pareto front drawn through the best;
-    the front's points are numbered and named in a key beside the axes (labels at the points
-    collide where the front is dense)."""
+    the front's points are numbered at the point and named in a key beside the axes (names at
+    the points would collide where the front is dense). ``fp_y`` (accuracy, or 1.0 for
+    agreement) zooms on the variants within 12 points of FP32; a front point below that range
+    is named in the key only."""
     d = df.dropna(subset=[x, y]).reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(11, 5.2))
-    hidden = 0
+    hidden, floor = 0, -np.inf
     if fp_y is not None and y in ("accuracy", "agreement"):  # zoom on the variants that work
         floor = (fp_y if y == "accuracy" else 1.0) - 0.12
         hidden = int((d[y] < floor).sum())
@@ -360,9 +362,11 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
     ax.plot(fr[x], fr[y] * 100, color="k", lw=1, ls="--", label="Pareto front")
     key, numbers = [], []
     for i, (_, r) in enumerate(fr.iterrows(), 1):
-        numbers.append(ax.text(r[x], r[y] * 100, str(i), fontsize=7, fontweight="bold", zorder=20))
+        if r[y] >= floor:  # a number drawn outside the axes would stretch the figure's layout
+            numbers.append(ax.text(r[x], r[y] * 100, str(i), fontsize=7, fontweight="bold", zorder=20))
         value = f"{r[x]:.2f} MB" if "mb" in x else f"{r[x]:.3g}"
-        key.append(f"{i}  {r.get('label', r['method'])}  ({value}, {r[y]:.1%})")
+        key.append(f"{i}  {r.get('label', r['method'])}  ({value}, {r[y]:.1%})" +
+                   ("  below the range" if r[y] < floor else ""))
     ax.text(1.02, 1.0, "Pareto front\n" + "\n".join(key), transform=ax.transAxes, fontsize=7,
             va="top", ha="left", family="monospace")
     if fp_y is not None:
@@ -380,7 +384,8 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
     fig.tight_layout()
     # after the layout is final: the numbers pushed off every point and each other (the front is
     # dense near the smallest files), each tied to its point by a thin line
-    adjust_text(numbers, x=d[x].to_numpy(), y=d[y].to_numpy() * 100, ax=ax, expand=(1.6, 1.8),
+    shown = d[d[y] >= floor]
+    adjust_text(numbers, x=shown[x].to_numpy(), y=shown[y].to_numpy() * 100, ax=ax, expand=(1.6, 1.8),
                 arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
     return fig
 

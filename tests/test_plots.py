@@ -64,3 +64,17 @@ def test_tradeoff_front_numbers_do_not_overlap():
     boxes = [t.get_window_extent(renderer) for t in numbers]
     assert not any(boxes[i].overlaps(boxes[j]) for i in range(len(boxes)) for j in range(i))
     matplotlib.pyplot.close(fig)
+
+
+def test_tradeoff_front_point_below_the_zoom_is_named_in_the_key_only(recwarn):
+    # chapter 08 on smoke data: a front point at 0% agreement, far below the zoomed range; its
+    # number drawn there stretched the layout ("Tight layout not applied") in front of readers
+    df = pd.DataFrame({"size_mb": [2.83, 2.85, 5.6, 44.8], "agreement": [0.0, 0.976, 0.991, 1.0],
+                       "method": ["gptq", "gptq", "gptq", "fp32"]})
+    fig = plots.tradeoff(df, "size_mb", "agreement", fp_y=1.0)
+    ax = fig.axes[0]
+    assert sorted(t.get_text() for t in ax.texts if t.get_text().isdigit()) == ["2", "3", "4"]
+    key = next(t.get_text() for t in ax.texts if t.get_text().startswith("Pareto front"))
+    assert "1  gptq  (2.83 MB, 0.0%)  below the range" in key
+    assert not [w for w in recwarn if "layout" in str(w.message).lower()]
+    matplotlib.pyplot.close(fig)
