@@ -38,15 +38,20 @@ def save(fig, path) -> Path:
 
 
 def header(cfg, splits) -> str:
-    """The first lines of every executed chapter: data source, split, image size, commit."""
+    """The first lines of every executed chapter: data source, split, image size, commit, and
+    the machine it ran on (its times are this machine's; see ``models.machine``)."""
     from IPython.display import Markdown, display
 
+    from .models import machine
     from .results import git_commit
 
+    m = machine()
     text = (f"**Data:** {splits.source}  \n**Split:** `{cfg.split}` — train {len(splits.train):,} / "
             f"val {len(splits.val):,} / test {len(splits.test):,} images  \n"
             f"**Image size:** {cfg.image_size}x{cfg.image_size} · **seed** {cfg.seed} · "
-            f"**git commit** `{git_commit()}`" + ("  \n**Smoke mode** (CI): tiny synthetic run, "
+            f"**git commit** `{git_commit()}`  \n"
+            f"**Machine:** {m['cpu']} · {m['kernels']} kernels · {m['threads']} threads · "
+            f"PyTorch {m['torch']}" + ("  \n**Smoke mode** (CI): tiny synthetic run, "
                                                    "numbers are not results." if cfg.smoke else ""))
     display(Markdown(text))
     return text

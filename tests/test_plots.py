@@ -78,3 +78,19 @@ def test_tradeoff_front_point_below_the_zoom_is_named_in_the_key_only(recwarn):
     assert "1  gptq  (2.83 MB, 0.0%)  below the range" in key
     assert not [w for w in recwarn if "layout" in str(w.message).lower()]
     matplotlib.pyplot.close(fig)
+
+
+def test_header_names_the_commit_and_the_machine(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from qlib import Config
+
+    cfg = Config.from_env(smoke=True, cache_dir=str(tmp_path))
+    splits = SimpleNamespace(source="a data set", train=[0] * 3, val=[0] * 2, test=[0] * 1)
+    text = plots.header(cfg, splits)
+    assert "train 3 / val 2 / test 1 images" in text and "**git commit**" in text
+    # a chapter's times belong to the machine it ran on
+    assert f"{torch.backends.cpu.get_cpu_capability()} kernels · {torch.get_num_threads()} threads" in text
+    assert f"PyTorch {torch.__version__}" in text
