@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from . import measure, models
+from . import measure
+from .models import machine
 from .config import Config
 
 
@@ -71,7 +72,7 @@ def run(folder, batch_size: int = 64, threads: int = 2, image_size: int = 64, ro
             "speedup_vs_fp32": (fp_med / st["ms_per_batch"]) if fp_med else None,
         })
     return {"batch_size": batch_size, "threads": threads, "image_size": image_size, "rounds": rounds,
-            "torch": torch.__version__, "machine": models.machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "torch": torch.__version__, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
             "rows": rows}
 
 
