@@ -111,6 +111,11 @@ def machine() -> dict:
             "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
+def describe_machine(m: dict) -> str:
+    """One line for readers from a ``machine()`` record."""
+    return f"{m['cpu']} · {m['kernels']} kernels · {m['threads']} threads · PyTorch {m['torch']}"
+
+
 def train(model: torch.nn.Module, splits: qdata.Splits, cfg: Config, epochs: int | None = None,
           lr: float | None = None, progress: bool = True) -> dict:
     """SGD (Nesterov momentum, weight decay), linear warm-up then cosine decay, label smoothing,

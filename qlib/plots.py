@@ -42,16 +42,14 @@ def header(cfg, splits) -> str:
     the machine it ran on (its times are this machine's; see ``models.machine``)."""
     from IPython.display import Markdown, display
 
-    from .models import machine
+    from .models import describe_machine, machine
     from .results import git_commit
 
-    m = machine()
     text = (f"**Data:** {splits.source}  \n**Split:** `{cfg.split}` — train {len(splits.train):,} / "
             f"val {len(splits.val):,} / test {len(splits.test):,} images  \n"
             f"**Image size:** {cfg.image_size}x{cfg.image_size} · **seed** {cfg.seed} · "
             f"**git commit** `{git_commit()}`  \n"
-            f"**Machine:** {m['cpu']} · {m['kernels']} kernels · {m['threads']} threads · "
-            f"PyTorch {m['torch']}" + ("  \n**Smoke mode** (CI): tiny synthetic run, "
+            f"**Machine:** {describe_machine(machine())}" + ("  \n**Smoke mode** (CI): tiny synthetic run, "
                                                    "numbers are not results." if cfg.smoke else ""))
     display(Markdown(text))
     return text
@@ -343,6 +341,12 @@ def _plain_log_ticks(axis) -> None:
     axis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "235" else ""))
 
 
+def _spread_labels(ax, texts, x, y, expand) -> None:
+    """Move ``texts`` off the points ``(x, y)`` and off each other (adjustText), each tied to
+    where it started by a thin line. Call it after ``tight_layout``: it works in display space."""
+    adjust_text(texts, x=x, y=y, ax=ax, expand=expand, arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
+
+
 def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = True, title: str = "",
              fp_y=None, front: str = "min"):
     """Every variant a point (colour: method), with the Pareto front drawn through the best;
@@ -367,11 +371,11 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
     ax.plot(fr[x], fr[y] * 100, color="k", lw=1, ls="--", label="Pareto front")
     key, numbers = [], []
     for i, (_, r) in enumerate(fr.iterrows(), 1):
-        if r[y] >= floor:  # a number drawn outside the axes would stretch the figure's layout
+        below = r[y] < floor  # a number drawn outside the axes would stretch the figure's layout
+        if not below:
             numbers.append(ax.text(r[x], r[y] * 100, str(i), fontsize=7, fontweight="bold", zorder=20))
         value = f"{r[x]:.2f} MB" if "mb" in x else f"{r[x]:.3g}"
-        key.append(f"{i}  {r.get('label', r['method'])}  ({value}, {r[y]:.1%})" +
-                   ("  below the range" if r[y] < floor else ""))
+        key.append(f"{i}  {r.get('label', r['method'])}  ({value}, {r[y]:.1%})" + ("  below the range" if below else ""))
     ax.text(1.02, 1.0, "Pareto front\n" + "\n".join(key), transform=ax.transAxes, fontsize=7,
             va="top", ha="left", family="monospace")
     if fp_y is not None:
@@ -387,11 +391,8 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
-    # after the layout is final: the numbers pushed off every point and each other (the front is
-    # dense near the smallest files), each tied to its point by a thin line
-    shown = d[d[y] >= floor]
-    adjust_text(numbers, x=shown[x].to_numpy(), y=shown[y].to_numpy() * 100, ax=ax, expand=(1.6, 1.8),
-                arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
+    shown = d[d[y] >= floor]  # the front is dense near the smallest files
+    _spread_labels(ax, numbers, shown[x].to_numpy(), shown[y].to_numpy() * 100, expand=(1.6, 1.8))
     return fig
 
 
@@ -595,14 +596,12 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     a.set_ylim(0, None)
     a.legend(fontsize=7)
     top = 1.1 * float(max(df.disagreements.max(), df.predicted.max(), 1))
-    texts, xs, ys = [], [], []
+    texts = []
     for _, r in df.iterrows():
         qat_ = r.kind == "QAT"
         b.scatter(r.disagreements, r.predicted, color=colors[r.w_bits], marker="*" if qat_ else "o",
                   s=110 if qat_ else 30, edgecolor="black" if qat_ else None, zorder=3)
         texts.append(b.text(r.disagreements, r.predicted, r.model, fontsize=6.5))
-        xs.append(r.disagreements)
-        ys.append(r.predicted)
     b.plot([0, top], [0, top], color="black", lw=0.8, ls=":", label="predicted = measured")
     b.set_xlim(0, top)
     b.set_ylim(0, top)
@@ -611,9 +610,7 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     b.legend(fontsize=7, loc="upper left")
     fig.suptitle(title, fontsize=10, fontweight="bold")
     fig.tight_layout()
-    # after the layout is final: labels pushed off their points and each other (the W2
-    # configurations crowd together), each tied to its point by a thin line
-    adjust_text(texts, x=xs, y=ys, ax=b, expand=(1.3, 1.6), arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
+    _spread_labels(b, texts, df.disagreements.to_numpy(), df.predicted.to_numpy(), expand=(1.3, 1.6))  # the W2 cluster
     return fig
 
 

@@ -9,6 +9,13 @@ import pytest  # noqa: E402
 
 from qlib import plots  # noqa: E402
 
+
+def _overlapping(fig, texts):
+    """Pairs of ``texts`` whose drawn boxes overlap."""
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[:i] if ba.overlaps(bb)]
+
 # chapter 07's margin-noise table on the real data (book at 81d7d8a): the W2 points crowd
 # within a few images of each other, which is where labels used to print over each other
 NOISE = [("W2A3 PTQ", .883, 134, 193), ("W2A4 PTQ", .720, 130, 165), ("W2A5 PTQ", .686, 120, 150),
@@ -23,12 +30,8 @@ def test_noise_and_flips_labels_do_not_overlap():
                         "sd": sd, "predicted": float(p), "disagreements": d} for m, sd, p, d in NOISE])
     fig = plots.noise_and_flips(df, {"W4A4: half of PTQ's loss": 0.215})
     ax = fig.axes[1]
-    renderer = fig.canvas.get_renderer()
-    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
-    assert set(boxes) == set(df.model)  # every point labelled once
-    names = sorted(boxes)
-    overlaps = [(a, b) for i, a in enumerate(names) for b in names[:i] if boxes[a].overlaps(boxes[b])]
-    assert overlaps == []
+    assert sorted(t.get_text() for t in ax.texts) == sorted(df.model)  # every point labelled once
+    assert _overlapping(fig, ax.texts) == []
     matplotlib.pyplot.close(fig)
 
 
@@ -57,12 +60,9 @@ def test_tradeoff_front_numbers_do_not_overlap():
     acc = [.902, .943, .958, .959, .960, .962, .965, .986, .992, .993, .999, 1.0]
     df = pd.DataFrame({"size_mb": size, "agreement": acc, "method": ["gptq"] * 11 + ["fp32"]})
     fig = plots.tradeoff(df, "size_mb", "agreement", fp_y=1.0)
-    ax = fig.axes[0]
-    renderer = fig.canvas.get_renderer()
-    numbers = [t for t in ax.texts if t.get_text().isdigit()]
+    numbers = [t for t in fig.axes[0].texts if t.get_text().isdigit()]
     assert sorted(int(t.get_text()) for t in numbers) == list(range(1, len(size) + 1))  # all on the front
-    boxes = [t.get_window_extent(renderer) for t in numbers]
-    assert not any(boxes[i].overlaps(boxes[j]) for i in range(len(boxes)) for j in range(i))
+    assert _overlapping(fig, numbers) == []
     matplotlib.pyplot.close(fig)
 
 

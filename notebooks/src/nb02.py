@@ -67,7 +67,7 @@ print(f"ImageNet weights used: {fp.pretrained}; precision {hist.get('precision',
       f"({np.mean(hist['seconds']):.0f} s per epoch) when this checkpoint was trained (the time depends on the "
       f"machine and its load); this call {time.time() - t0:.1f} s")
 m = hist.get("machine")  # another CPU or thread count trains other weights from the same seed (models.machine)
-print(f"trained on: {m['cpu']}, {m['kernels']} kernels, {m['threads']} threads, PyTorch {m['torch']}" if m else
+print(f"trained on: {models.describe_machine(m)}" if m else
       "trained on: not recorded (this checkpoint predates models.machine)")
 fig = plots.training_curves(hist)
 """),
