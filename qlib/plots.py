@@ -576,8 +576,8 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     """Two panels from ``df`` (one row per model: model, a_bits, kind "PTQ"/"QAT", w_bits, sd,
     predicted, disagreements; from ``measure.noise_model``). Left: the spread of the margin
     error against activation bits, PTQ as lines (one per weight width), QAT as markers, and the
-    spread each config would need to win back half of PTQ's loss (``sd_needed``: {label: sd}).
-    Right: the disagreements the spread predicts against those measured, with the diagonal."""
+    spread each config would need to win back half of PTQ's loss (``sd_needed``: {label: sd}),
+    as dashed lines named in the legend. Right: the disagreements the spread predicts against those measured, with the diagonal."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
     colors = {}
     for w, d in df.groupby("w_bits", sort=True):
@@ -587,9 +587,8 @@ def noise_and_flips(df, sd_needed: dict | None = None,
         q = d[d.kind == "QAT"]
         a.scatter(q.a_bits, q.sd, marker="*", s=120, color=colors[w], edgecolor="black", zorder=3,
                   label=f"LSQ fine-tune W{w}")
-    for i, (label, sd) in enumerate((sd_needed or {}).items()):
-        a.axhline(sd, color="gray", ls=(0, (4, 2 + i)), lw=1)
-        a.annotate(label, (df.a_bits.max(), sd), fontsize=7, ha="right", va="bottom")
+    for i, (label, sd) in enumerate((sd_needed or {}).items()):  # named in the legend: targets can lie on one line
+        a.axhline(sd, color="gray", ls=(0, (4, 2 + i)), lw=1, label=label)
     a.set_xticks(sorted(df.a_bits.unique()))
     a.set_xlabel("activation bits")
     a.set_ylabel("sd of the margin error (FP32 unsure)")

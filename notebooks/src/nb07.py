@@ -375,14 +375,17 @@ display(smooth.set_index(["config", "smoothing"])[["alpha", "agreement", "kl", "
     "PTQ with and without smoothing (alpha: median over layers; images: held-out images it agrees with FP32 on, minus the "
     "unsmoothed PTQ's; won: share of the unsmoothed PTQ's loss, with its 95% interval over tracks)"))
 sm_only = smooth[smooth.smoothing != "none (the table's PTQ)"]
-helps = sm_only[sm_only.lo > 0]
+helps, hurts = sm_only[sm_only.lo > 0], sm_only[sm_only.hi < 0]
 best_sm = sm_only.loc[sm_only.groupby("config").agreement.idxmax()].set_index("config")
 vs_best = {c: qat.recovery(best_sm.agreement[c], recovery(c)[1]) for c in a4}
 display(Markdown(
     f"Smoothing moves PTQ's agreement by {int(sm_only.images.min()):+d} to {int(sm_only.images.max()):+d} held-out images "
     f"({sm_only.won.min():+.0%} to {sm_only.won.max():+.0%} of the unsmoothed PTQ's loss). " +
-    ("Every interval includes zero: at 4-bit per-tensor activations, smoothing does not help beyond what the choice of "
-     "tracks decides, so the PTQ of the table — and the LSQ runs' start — stays unsmoothed. " if helps.empty else
+    ("No interval lies above zero: at 4-bit per-tensor activations, smoothing does not help beyond what the choice of "
+     "tracks decides" + ("" if hurts.empty else
+                        f", and it makes agreement worse in {', '.join(hurts.config + ' (' + hurts.smoothing + ')')}: "
+                        f"{'that interval lies' if len(hurts) == 1 else 'those intervals lie'} below zero") +
+     ". So the PTQ of the table — and the LSQ runs' start — stays unsmoothed. " if helps.empty else
      f"It helps beyond the track noise in {', '.join(helps.config + ' (' + helps.smoothing + ')')}; the LSQ runs still start from "
      "the unsmoothed PTQ, and the targets below also name the recovery against the best smoothed PTQ. ") +
     "Measured against the better of the two smoothed PTQ models instead, the fine-tunes above win back " +
