@@ -578,7 +578,7 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     error against activation bits, PTQ as lines (one per weight width), QAT as markers, and the
     spread each config would need to win back half of PTQ's loss (``sd_needed``: {label: sd}),
     as dashed lines named in the legend. Right: the disagreements the spread predicts against those measured, with the diagonal."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4))
     colors = {}
     for w, d in df.groupby("w_bits", sort=True):
         colors[w] = f"C{len(colors)}"
@@ -593,7 +593,6 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     a.set_xlabel("activation bits")
     a.set_ylabel("sd of the margin error (FP32 unsure)")
     a.set_ylim(0, None)
-    a.legend(fontsize=7)
     top = 1.1 * float(max(df.disagreements.max(), df.predicted.max(), 1))
     texts = []
     for _, r in df.iterrows():
@@ -608,7 +607,10 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     b.set_ylabel("predicted from the spread alone")
     b.legend(fontsize=7, loc="upper left")
     fig.suptitle(title, fontsize=10, fontweight="bold")
-    fig.tight_layout()
+    handles, labels = a.get_legend_handles_labels()  # the left panel's key below the panels: it hides no point or line
+    rows = -(-len(labels) // 4)
+    fig.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.02, 0.0), ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.05 * rows, 1, 1))
     _spread_labels(b, texts, df.disagreements.to_numpy(), df.predicted.to_numpy(), expand=(1.3, 1.6))  # the W2 cluster
     return fig
 

@@ -43,7 +43,7 @@ def test_noise_and_flips_names_every_target_line():
     targets = {"W8A4: half of PTQ's loss": 0.215, "W4A4: half of PTQ's loss": 0.214}
     fig = plots.noise_and_flips(df, targets)
     ax = fig.axes[0]
-    named = {t.get_text() for t in ax.get_legend().get_texts()}
+    named = {t.get_text() for leg in fig.legends for t in leg.get_texts()}
     assert set(targets) <= named
     assert not any(t.get_text() in targets for t in ax.texts)  # not also printed over each other at the lines
     matplotlib.pyplot.close(fig)
