@@ -577,7 +577,8 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     predicted, disagreements; from ``measure.noise_model``). Left: the spread of the margin
     error against activation bits, PTQ as lines (one per weight width), QAT as markers, and the
     spread each config would need to win back half of PTQ's loss (``sd_needed``: {label: sd}),
-    as dashed lines named in the legend. Right: the disagreements the spread predicts against those measured, with the diagonal."""
+    as dashed lines named in the key below the panels. Right: the disagreements the spread
+    predicts against those measured, with the diagonal."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4))
     colors = {}
     for w, d in df.groupby("w_bits", sort=True):

@@ -25,9 +25,14 @@ NOISE = [("W2A3 PTQ", .883, 134, 193), ("W2A4 PTQ", .720, 130, 165), ("W2A5 PTQ"
          ("W2A8 LSQ", .671, 118, 144)]
 
 
+def _noise_df():
+    """NOISE as the frame chapter 07 passes to plots.noise_and_flips."""
+    return pd.DataFrame([{"model": m, "w_bits": int(m[1]), "a_bits": int(m[3]), "kind": "QAT" if "LSQ" in m else "PTQ",
+                          "sd": sd, "predicted": float(p), "disagreements": d} for m, sd, p, d in NOISE])
+
+
 def test_noise_and_flips_labels_do_not_overlap():
-    df = pd.DataFrame([{"model": m, "w_bits": int(m[1]), "a_bits": int(m[3]), "kind": "QAT" if "LSQ" in m else "PTQ",
-                        "sd": sd, "predicted": float(p), "disagreements": d} for m, sd, p, d in NOISE])
+    df = _noise_df()
     fig = plots.noise_and_flips(df, {"W4A4: half of PTQ's loss": 0.215})
     ax = fig.axes[1]
     assert sorted(t.get_text() for t in ax.texts) == sorted(df.model)  # every point labelled once
@@ -38,8 +43,7 @@ def test_noise_and_flips_labels_do_not_overlap():
 def test_noise_and_flips_names_every_target_line():
     """Two configurations can need almost the same spread (W8A4 0.215, W4A4 0.214 on the real data): both
     lines must still be named, which a text at the line could not do without overprinting."""
-    df = pd.DataFrame([{"model": m, "w_bits": int(m[1]), "a_bits": int(m[3]), "kind": "QAT" if "LSQ" in m else "PTQ",
-                        "sd": sd, "predicted": float(p), "disagreements": d} for m, sd, p, d in NOISE])
+    df = _noise_df()
     targets = {"W8A4: half of PTQ's loss": 0.215, "W4A4: half of PTQ's loss": 0.214}
     fig = plots.noise_and_flips(df, targets)
     ax = fig.axes[0]
