@@ -85,6 +85,7 @@ def _check_float(name, v, lo, hi, lo_open=True):
 
 
 OPTIMIZERS = ("sgd", "adam")
+LEARN = ("all", "weights", "steps")
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,11 @@ class QATSettings:
     w_range: LSQ weight-step initialisation without an init model (``quant.find_params``
     range: "mse" search of the clipping ratio, or "minmax"). keep_8bit: LSQ layers whose
     weight and input stay at 8 bits (e.g. ``("conv1", "fc")``: the stem reads the image).
+    learn: which parameters the fine-tune moves — "all", "weights" (weights and biases; the
+    LSQ steps stay at their start) or "steps" (only the LSQ steps; every weight and bias stays
+    at its start). From an init model the weights sit on their grid points, where LSQ's
+    gradient of a weight step, ``round(w/s) - w/s``, is zero, so with "steps" only the
+    activation (input) steps move. The controls tell which parameters a result comes from.
     """
 
     epochs: int = 3
@@ -128,6 +134,7 @@ class QATSettings:
     w_range: str = "mse"
     keep_8bit: tuple = ()
     seed: int = 0
+    learn: str = "all"
 
     def __post_init__(self):
         _check_int("epochs", self.epochs, 1)
@@ -156,6 +163,8 @@ class QATSettings:
             raise ValueError(f"w_range={self.w_range!r}: expected one of {quant.RANGES} "
                              "(QATSettings.w_range)")
         _check_int("seed", self.seed, 0)
+        if self.learn not in LEARN:
+            raise ValueError(f"learn={self.learn!r}: expected one of {LEARN} (QATSettings.learn)")
 
     def with_steps(self, steps: int, n_train: int) -> "QATSettings":
         """These settings for a run of ``steps`` optimizer steps over a train split of
@@ -208,6 +217,17 @@ def _fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True
     decay, no_decay, steps_ = [], [], []
     for name, p in model.named_parameters():
         (steps_ if name.endswith("_step") else decay if p.dim() > 1 else no_decay).append(p)
+    if s.learn != "all" and not steps_:
+        raise ValueError(f"learn={s.learn!r}: the model has no learned steps (LSQ layers); "
+                         "int8 QAT learns 'all' (QATSettings.learn)")
+    frozen = {"all": [], "weights": steps_, "steps": decay + no_decay}[s.learn]
+    if s.learn == "weights":
+        steps_ = []
+    elif s.learn == "steps":
+        decay, no_decay = [], []
+    grad_before = [p.requires_grad for p in frozen]
+    for p in frozen:  # no gradient, no update: they stay exactly at their start
+        p.requires_grad_(False)
     groups = [{"params": decay, "weight_decay": s.weight_decay},
               {"params": no_decay, "weight_decay": 0.0},
               {"params": steps_, "weight_decay": 0.0, "lr": s.lr if s.step_lr is None else s.step_lr}]
@@ -266,6 +286,8 @@ def _fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True
         hist["steps"].append(steps)
         bar.set_postfix(epoch=ep + 1, loss=f"{loss_sum / max(1, seen):.3f}", val=f"{val:.3f}")
     bar.close()
+    for p, g in zip(frozen, grad_before):
+        p.requires_grad_(g)
     hist["total_seconds"] = time.time() - t_start
     model.eval()
     return hist
@@ -534,6 +556,39 @@ def lsq_model(model_fp: nn.Module, settings: QATSettings, init_model: Optional[n
     return folded
 
 
+def gptq_init(model_fp: nn.Module, w_bits: int, calib_x: torch.Tensor,
+              keep_8bit: tuple = ("conv1", "fc")) -> nn.Module:
+    """The GPTQ solution an LSQ fine-tune starts from (chapter 07's): BN folded, symmetric
+    per-channel ``w_bits`` weights in activation order, the ``keep_8bit`` layers at 8 bits."""
+    from . import gptq
+
+    qs = quant.QuantSettings(bits=w_bits, symmetric=True, granularity="channel")
+    model, _ = gptq.quantize_model(model_fp, calib_x, gptq.GPTQSettings(
+        quant=qs, fold_bn=True, act_order=True, keep_8bit=tuple(keep_8bit)), progress=False)
+    return model
+
+
+def smoothed_ptq(model_fp: nn.Module, settings: QATSettings, calib_x: torch.Tensor,
+                 mode: str = "bn") -> tuple:
+    """The PTQ model of ``settings``' bits (the LSQ model at step 0: GPTQ weights, calibrated
+    activation steps) of the SmoothQuant-smoothed network — the same float function, with
+    range moved from each layer's input into its weights (``mode``: "bn" or "shared", see
+    ``qlib.fold``). Each layer's migration strength alpha is searched on ``calib_x`` for its
+    output error with its input at ``a_bits`` and its weights at ``w_bits``
+    (``smoothquant.search_alpha(per_layer=True)``). Returns ``(model, {group: alpha})``."""
+    from . import smoothquant
+
+    if not isinstance(settings, QATSettings) or settings.a_bits is None:
+        raise ValueError(f"settings={settings!r}: expected a QATSettings with a_bits set "
+                         "(smoothing moves range out of the quantized activations)")
+    alphas, _ = smoothquant.search_alpha(model_fp, calib_x, w_bits=settings.w_bits,
+                                         a_bits=settings.a_bits, mode=mode, per_layer=True)
+    smooth = smoothquant.apply(model_fp, smoothquant.search(
+        model_fp, calib_x, smoothquant.SmoothSettings(alpha=alphas, mode=mode)))
+    init = gptq_init(smooth, settings.w_bits, calib_x, settings.keep_8bit)
+    return lsq_model(smooth, settings, init_model=init, calib_x=calib_x), alphas
+
+
 def clamp_steps_(model: nn.Module) -> None:
     """Keep every learned step >= STEP_MIN (called after each optimizer step)."""
     for m in model.modules():
@@ -721,7 +776,7 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    from . import gptq, measure
+    from . import measure
     from .results import write_json
     from .config import Config
 
@@ -736,6 +791,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the weights (default 1e-4)")
     ap.add_argument("--step-lr", type=float, default=1e-3, help="of the steps' logarithms (default 1e-3)")
     ap.add_argument("--mixup", type=float, default=0.4)
+    ap.add_argument("--learn", default="all", choices=LEARN,
+                    help="what the fine-tune moves: all (default), weights (steps frozen) or steps (weights frozen)")
     ap.add_argument("--seed", type=int, default=None, help="the fine-tune's seed (default: QLIB_SEED's)")
     ap.add_argument("--out", default=None, help="also write the rows as JSON to this file")
     a = ap.parse_args(argv)
@@ -748,16 +805,14 @@ def main(argv=None) -> int:
         splits = qdata.load(cfg)
         keep = ("conv1", "fc")
         s = QATSettings(lr=a.lr, step_lr=a.step_lr, optimizer="adam", distill=1.0, mixup=a.mixup, keep_8bit=keep,
-                        w_bits=w, a_bits=b, seed=cfg.seed if a.seed is None else a.seed).with_steps(a.steps, len(splits.train))
+                        w_bits=w, a_bits=b, learn=a.learn, seed=cfg.seed if a.seed is None else a.seed).with_steps(a.steps, len(splits.train))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     fp, _ = models.baseline(cfg, splits)
     calib_x, _ = calib.sample(splits, cfg.calib_size, cfg.seed)
     ref = measure.Reference(fp, splits)
-    qs = quant.QuantSettings(bits=w, symmetric=True, granularity="channel")
-    init, _ = gptq.quantize_model(fp, calib_x, gptq.GPTQSettings(quant=qs, fold_bn=True, act_order=True,
-                                                                  keep_8bit=keep), progress=False)
+    init = gptq_init(fp, w, calib_x, keep)
     print(f"{a.config}: {s.max_steps} steps over {s.epochs} epochs of {len(splits.train)} training images; "
           f"agreement and KL on {ref.fp['n_fidelity']} held-out images every {every} steps", flush=True)
 
@@ -769,7 +824,7 @@ def main(argv=None) -> int:
     _, rows = lsq_curve(fp, splits, s, ref, every, init_model=init, calib_x=calib_x, progress=False, on_row=show)
     if a.out:
         out = write_json({"config": a.config, "settings": {k: getattr(s, k) for k in (
-            "epochs", "max_steps", "lr", "step_lr", "mixup", "distill", "seed", "keep_8bit")},
+            "epochs", "max_steps", "lr", "step_lr", "mixup", "distill", "seed", "keep_8bit", "learn")},
             "rows": rows}, a.out)
         print(f"wrote {out}")
     return 0

@@ -189,6 +189,50 @@ def test_lsq_without_validation_trains_the_same_model_and_never_reads_val(fp, sp
     assert h1["train_loss"] == h2["train_loss"]
 
 
+@pytest.mark.parametrize("learn", ["steps", "weights"])
+def test_learn_moves_only_the_chosen_parameters(fp, splits, x, learn):
+    """learn="weights": every step stays exactly at its start, the weights move. learn="steps":
+    every weight and bias stays exactly on its start — on its grid point, where LSQ's gradient
+    of a weight step, round(w/s) - w/s, is zero — so only the input steps move. Afterwards
+    every parameter takes gradients again."""
+    s = QATSettings(epochs=1, w_bits=4, a_bits=4, optimizer="adam", lr=1e-2, step_lr=1e-2, learn=learn,
+                    distill=1.0, **FAST)
+    start = qat.lsq_model(fp, s, init_model=_rtn_w4(fp), calib_x=x).state_dict()
+    m, _ = qat.lsq_train(fp, splits, s, init_model=_rtn_w4(fp), calib_x=x, progress=False, validate=False)
+    end = m.state_dict()
+    learned = [k for k in start if (k.endswith("a_log_step") if learn == "steps" else k.endswith(("weight", "bias")))]
+    assert len(learned) == 21 if learn == "steps" else len(learned) == 42
+    assert all(torch.equal(start[k], end[k]) for k in start if k not in learned)  # frozen: bit for bit
+    assert sum(not torch.equal(start[k], end[k]) for k in learned) > len(learned) / 2  # most moved
+    assert all(p.requires_grad for p in m.parameters())
+
+
+def test_learn_refuses_what_it_cannot_do(fp, splits):
+    with pytest.raises(ValueError, match=r"learn='biases': expected one of \('all', 'weights', 'steps'\)"):
+        QATSettings(learn="biases")
+    with pytest.raises(ValueError, match="learn='steps': the model has no learned steps"):
+        qat.train_int8(fp, splits, QATSettings(epochs=2, learn="steps"), progress=False)
+
+
+def test_smoothed_ptq_is_the_ptq_of_the_smoothed_network(fp, x):
+    """The smoothed PTQ at 8/8 bits keeps FP's outputs about as well as the unsmoothed one, its
+    weights are the GPTQ solution of the smoothed network, and one alpha per smoothed group is
+    returned, each in [0, 1]."""
+    from qlib import fold
+    s = QATSettings(w_bits=8, a_bits=8, keep_8bit=("conv1", "fc"))
+    for mode in fold.MODES:
+        m, alphas = qat.smoothed_ptq(fp, s, x, mode=mode)
+        assert set(alphas) == {g.key for g in fold.scalable_layers(fp, mode)}
+        assert all(0 <= a <= 1 for a in alphas.values())
+        with torch.no_grad():
+            ref = quant.fold_batchnorm(fp)(x)
+            plain = qat.lsq_model(fp, s, init_model=qat.gptq_init(fp, 8, x), calib_x=x)(x)
+            err, err0 = ((m(x) - ref).norm() / ref.norm()).item(), ((plain - ref).norm() / ref.norm()).item()
+        assert err < 0.05 and err < 2 * err0 + 1e-3, (mode, err, err0)
+    with pytest.raises(ValueError, match="a_bits set"):
+        qat.smoothed_ptq(fp, QATSettings(w_bits=4, a_bits=None), x)
+
+
 # ---- int8 QAT -------------------------------------------------------------------------
 
 def test_int8_qat_converts_and_runs(fp, splits, x, tmp_path):
@@ -414,6 +458,9 @@ def test_command_line_rejects_bad_arguments_before_loading_data(capsys, monkeypa
     assert "config='W9A4'" in capsys.readouterr().err
     assert qat.main(["--steps", "0"]) == 2
     assert "--steps 0: expected an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        qat.main(["--learn", "biases"])
+    assert "invalid choice: 'biases'" in capsys.readouterr().err
 
 
 def test_command_line_runs_end_to_end_in_smoke_mode(tmp_path, monkeypatch, capsys):
