@@ -341,10 +341,28 @@ def _plain_log_ticks(axis) -> None:
     axis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "235" else ""))
 
 
-def _spread_labels(ax, texts, x, y, expand) -> None:
-    """Move ``texts`` off the points ``(x, y)`` and off each other (adjustText), each tied to
-    where it started by a thin line. Call it after ``tight_layout``: it works in display space."""
-    adjust_text(texts, x=x, y=y, ax=ax, expand=expand, arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
+def _marker_boxes(ax, collections) -> list:
+    """The drawn extent of each marker of ``collections`` (scatters), as boxes in data
+    coordinates (what adjustText's ``objects`` takes): a marker of size ``s`` (points^2) spans
+    about sqrt(s) points."""
+    from matplotlib.transforms import Bbox
+
+    to_data, boxes = ax.transData.inverted(), []
+    for c in collections:
+        sizes = c.get_sizes()
+        for k, xy in enumerate(c.get_offsets()):
+            cx, cy = ax.transData.transform(xy)
+            half = np.sqrt(sizes[k % len(sizes)]) / 2 * ax.figure.dpi / 72
+            boxes.append(Bbox(to_data.transform([(cx - half, cy - half), (cx + half, cy + half)])))
+    return boxes
+
+
+def _spread_labels(ax, texts, x, y, expand, markers=()) -> None:
+    """Move ``texts`` off the points ``(x, y)``, off the drawn ``markers`` (scatters) and off
+    each other (adjustText), each tied to where it started by a thin line. Call it after
+    ``tight_layout``: it works in display space."""
+    adjust_text(texts, x=x, y=y, objects=_marker_boxes(ax, markers) or None, ax=ax, expand=expand,
+                arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
 
 
 def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = True, title: str = "",
@@ -595,11 +613,11 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     a.set_ylabel("sd of the margin error (FP32 unsure)")
     a.set_ylim(0, None)
     top = 1.1 * float(max(df.disagreements.max(), df.predicted.max(), 1))
-    texts = []
+    texts, marks = [], []
     for _, r in df.iterrows():
         qat_ = r.kind == "QAT"
-        b.scatter(r.disagreements, r.predicted, color=colors[r.w_bits], marker="*" if qat_ else "o",
-                  s=110 if qat_ else 30, edgecolor="black" if qat_ else None, zorder=3)
+        marks.append(b.scatter(r.disagreements, r.predicted, color=colors[r.w_bits], marker="*" if qat_ else "o",
+                               s=110 if qat_ else 30, edgecolor="black" if qat_ else None, zorder=3))
         texts.append(b.text(r.disagreements, r.predicted, r.model, fontsize=6.5))
     b.plot([0, top], [0, top], color="black", lw=0.8, ls=":", label="predicted = measured")
     b.set_xlim(0, top)
@@ -612,7 +630,8 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     rows = -(-len(labels) // 4)
     fig.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.02, 0.0), ncol=4, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.05 * rows, 1, 1))
-    _spread_labels(b, texts, df.disagreements.to_numpy(), df.predicted.to_numpy(), expand=(1.3, 1.6))  # the W2 cluster
+    _spread_labels(b, texts, df.disagreements.to_numpy(), df.predicted.to_numpy(), expand=(1.3, 1.6),  # the W2 cluster
+                   markers=marks)
     return fig
 
 

@@ -40,6 +40,23 @@ def test_noise_and_flips_labels_do_not_overlap():
     matplotlib.pyplot.close(fig)
 
 
+def test_noise_and_flips_labels_stay_off_the_markers():
+    """A label may sit near its point (tied to it by a line) but not print over a marker: the
+    LSQ stars are large, and a label placed only off the points' centres touched them."""
+    df = _noise_df()
+    fig = plots.noise_and_flips(df, {"W4A4: half of PTQ's loss": 0.215})
+    ax = fig.axes[1]
+    renderer = fig.canvas.get_renderer()
+    marks = []  # each marker's drawn box in pixels: a marker of size s (points^2) spans sqrt(s) points
+    for c in ax.collections:
+        (cx, cy), half = ax.transData.transform(c.get_offsets()[0]), np.sqrt(c.get_sizes()[0]) / 2 * fig.dpi / 72
+        marks.append(matplotlib.transforms.Bbox([[cx - half, cy - half], [cx + half, cy + half]]))
+    assert len(marks) == len(df)
+    hits = [(t.get_text(), i) for t in ax.texts for i, m in enumerate(marks) if t.get_window_extent(renderer).overlaps(m)]
+    assert hits == []
+    matplotlib.pyplot.close(fig)
+
+
 def test_noise_and_flips_names_every_target_line():
     """Two configurations can need almost the same spread (W8A4 0.215, W4A4 0.214 on the real data): both
     lines must still be named, which a text at the line could not do without overprinting."""
