@@ -360,9 +360,21 @@ def _marker_boxes(ax, collections) -> list:
 def _spread_labels(ax, texts, x, y, expand, markers=()) -> None:
     """Move ``texts`` off the points ``(x, y)``, off the drawn ``markers`` (scatters) and off
     each other (adjustText), each tied to where it started by a thin line. Call it after
-    ``tight_layout``: it works in display space."""
-    adjust_text(texts, x=x, y=y, objects=_marker_boxes(ax, markers) or None, ax=ax, expand=expand,
-                arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
+    ``tight_layout``: it works in display space. The markers push harder than adjustText's
+    default and a label may travel as far as it must: with the defaults, labels beside a large
+    marker stayed on it. Further passes (at most two) run while a label still covers a marker."""
+    boxes = _marker_boxes(ax, markers)
+    kw = dict(force_static=(0.3, 0.6), max_move=None) if boxes else {}
+    lines, start = [], np.array([t.get_position() for t in texts]).reshape(-1, 2)  # where each label points
+    for _ in range(3):
+        for line in lines:  # the second pass draws its own lines, from where the labels end to the points
+            line.remove()
+        _, lines = adjust_text(texts, x=x, y=y, target_x=start[:, 0], target_y=start[:, 1], objects=boxes or None, ax=ax, expand=expand,
+                               arrowprops=dict(arrowstyle="-", color="gray", lw=0.5), **kw)
+        renderer = ax.figure.canvas.get_renderer()
+        shown = [b.transformed(ax.transData) for b in boxes]
+        if not any(t.get_window_extent(renderer).overlaps(b) for t in texts for b in shown):
+            break
 
 
 def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = True, title: str = "",
