@@ -532,13 +532,14 @@ if learn_runs:
     end = {k: r[-1]["recovered"] for k, r in learn_runs.items()} | {(c, "all"): r[-1]["recovered"] for c, r in both.items()}
     steps_only = [c for (c, l) in learn_runs if l == "steps"]
     display(Markdown(
-        "At the end of the run, of PTQ's agreement loss: " + "; ".join(
-            f"{c} learning everything {end[(c, 'all')]:+.0%}, only the input steps {end[(c, 'steps')]:+.0%}"
+        "Share of PTQ's agreement loss won back at the end of the run — " + "; ".join(
+            f"{c}: learning everything {end[(c, 'all')]:+.0%}, only the input steps {end[(c, 'steps')]:+.0%}"
             + (f", only the weights {end[(c, 'weights')]:+.0%}" if (c, "weights") in end else "") for c in both) + ". " + (
+            "No run reaches half of the loss. " if all(v < 0.5 for v in end.values()) else "") + (
             f"Learning nothing but the input steps loses held-out agreement too ({', '.join(steps_only)}). "
             f"The {len(in_moved[(steps_only[0], 'steps')])} numbers it learns cannot over-fit the training images, so "
             "over-fitting does not explain the loss. The fine-tune's objective, FP32's outputs on training blends, moves the "
-            "input steps from where the MSE calibration put them (" + ", ".join(
+            "input steps from where the MSE calibration put them (" + "; ".join(
                 f"{c}: median {np.median(in_moved[(c, 'steps')]):.1%}, up to {in_moved[(c, 'steps')].max():.1%}" for c in steps_only) +
             "), and on the held-out images that turns more answers than it keeps."
             if all(end[(c, "steps")] < 0 for c in steps_only) else
