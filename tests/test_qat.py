@@ -215,15 +215,19 @@ def test_learn_refuses_what_it_cannot_do(fp, splits):
 
 
 def test_smoothed_ptq_is_the_ptq_of_the_smoothed_network(fp, x):
-    """The smoothed PTQ at 8/8 bits keeps FP's outputs about as well as the unsmoothed one, its
-    weights are the GPTQ solution of the smoothed network, and one alpha per smoothed group is
-    returned, each in [0, 1]."""
-    from qlib import fold
+    """The smoothed PTQ at 8/8 bits keeps FP's outputs about as well as the unsmoothed one, it is
+    the PTQ (GPTQ weights, calibrated steps) of the smoothed network, and one alpha per smoothed
+    group is returned, each in [0, 1]. Mode "shared" (its groups include "bn"'s); the modes'
+    smoothing itself is tested in test_smoothquant/test_fold."""
+    from qlib import fold, smoothquant
     s = QATSettings(w_bits=8, a_bits=8, keep_8bit=("conv1", "fc"))
-    for mode in fold.MODES:
+    for mode in ["shared"]:
         m, alphas = qat.smoothed_ptq(fp, s, x, mode=mode)
         assert set(alphas) == {g.key for g in fold.scalable_layers(fp, mode)}
         assert all(0 <= a <= 1 for a in alphas.values())
+        smooth = smoothquant.apply(fp, smoothquant.search(fp, x, smoothquant.SmoothSettings(alpha=alphas, mode=mode)))
+        again = qat.lsq_model(smooth, s, init_model=qat.gptq_init(smooth, 8, x), calib_x=x).state_dict()
+        assert all(torch.equal(v, again[k]) for k, v in m.state_dict().items())  # the PTQ of the smoothed network
         with torch.no_grad():
             ref = quant.fold_batchnorm(fp)(x)
             plain = qat.lsq_model(fp, s, init_model=qat.gptq_init(fp, 8, x), calib_x=x)(x)
