@@ -366,13 +366,12 @@ def _spread_labels(ax, texts, x, y, expand, markers=()) -> None:
     boxes = _marker_boxes(ax, markers)
     kw = dict(force_static=(0.3, 0.6), max_move=None) if boxes else {}
     lines, start = [], np.array([t.get_position() for t in texts]).reshape(-1, 2)  # where each label points
+    renderer, shown = ax.figure.canvas.get_renderer(), [b.transformed(ax.transData) for b in boxes]
     for _ in range(3):
         for line in lines:  # the second pass draws its own lines, from where the labels end to the points
             line.remove()
         _, lines = adjust_text(texts, x=x, y=y, target_x=start[:, 0], target_y=start[:, 1], objects=boxes or None, ax=ax, expand=expand,
                                arrowprops=dict(arrowstyle="-", color="gray", lw=0.5), **kw)
-        renderer = ax.figure.canvas.get_renderer()
-        shown = [b.transformed(ax.transData) for b in boxes]
         if not any(t.get_window_extent(renderer).overlaps(b) for t in texts for b in shown):
             break
 

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import calib, export, int8, quant
+from . import calib, export, gptq, int8, quant, smoothquant
 from . import data as qdata
 from . import models
 
@@ -560,8 +560,6 @@ def gptq_init(model_fp: nn.Module, w_bits: int, calib_x: torch.Tensor,
               keep_8bit: tuple = ("conv1", "fc")) -> nn.Module:
     """The GPTQ solution an LSQ fine-tune starts from (chapter 07's): BN folded, symmetric
     per-channel ``w_bits`` weights in activation order, the ``keep_8bit`` layers at 8 bits."""
-    from . import gptq
-
     qs = quant.QuantSettings(bits=w_bits, symmetric=True, granularity="channel")
     model, _ = gptq.quantize_model(model_fp, calib_x, gptq.GPTQSettings(
         quant=qs, fold_bn=True, act_order=True, keep_8bit=tuple(keep_8bit)), progress=False)
@@ -576,8 +574,6 @@ def smoothed_ptq(model_fp: nn.Module, settings: QATSettings, calib_x: torch.Tens
     ``qlib.fold``). Each layer's migration strength alpha is searched on ``calib_x`` for its
     output error with its input at ``a_bits`` and its weights at ``w_bits``
     (``smoothquant.search_alpha(per_layer=True)``). Returns ``(model, {group: alpha})``."""
-    from . import smoothquant
-
     if not isinstance(settings, QATSettings) or settings.a_bits is None:
         raise ValueError(f"settings={settings!r}: expected a QATSettings with a_bits set "
                          "(smoothing moves range out of the quantized activations)")
