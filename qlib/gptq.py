@@ -29,8 +29,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, replace
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,6 @@
 """Unit tests of qlib.quant: the uniform quantizer, STE fake quant, bit packing, BN folding."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings as hsettings, strategies as st
