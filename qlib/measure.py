@@ -1,5 +1,6 @@
 """One measurement protocol for every variant: accuracy with a confidence interval, fidelity to
-the FP model (top-1 agreement, KL of logits), file size, and CPU latency."""
+the FP model (top-1 agreement, KL of logits), file size, and CPU latency; and the share of a
+PTQ model's agreement loss that a fine-tune wins back (``recovery``, with an interval)."""
 from __future__ import annotations
 
 import os
@@ -139,6 +140,48 @@ def sd_for_flips(ref_margin, mean: float, flips: float, tol: float = 1e-6) -> fl
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if expected_flips(ref_margin, mean, mid) < flips else (lo, mid)
     return (lo + hi) / 2
+
+
+def recovery(ptq_agreement: float, agreement: float) -> float:
+    """The share of PTQ's agreement loss a fine-tune wins back: ``(a - a0) / (1 - a0)`` for the
+    PTQ model's agreement ``a0`` and the fine-tuned one's ``a`` (1: all of it, 0: none, < 0:
+    it lost more). NaN when PTQ agrees everywhere (nothing to win back)."""
+    for name, v in (("ptq_agreement", ptq_agreement), ("agreement", agreement)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise ValueError(f"{name}={v!r}: expected an agreement in [0, 1]")
+    return float("nan") if ptq_agreement == 1 else (agreement - ptq_agreement) / (1 - ptq_agreement)
+
+
+def recovery_ci(ptq_agree, qat_agree, groups, n_boot: int = 2000, seed: int = 0,
+                level: float = 0.95) -> tuple:
+    """``recovery`` of two models measured on the same images, with a paired cluster-bootstrap
+    interval: ``ptq_agree`` / ``qat_agree`` say per image whether each model agrees with FP, and
+    ``groups`` (one per image) are the tracks. Frames of one track are near-duplicates and tend
+    to flip together, so the bootstrap resamples whole tracks, and both models on the same
+    resampled images. Returns ``(recovered, lo, hi)``; replicates in which PTQ agrees everywhere
+    (no loss to win back) are left out, and the interval is NaN if they all are."""
+    p, q = (torch.as_tensor(v) for v in (ptq_agree, qat_agree))
+    if p.dim() != 1 or p.shape != q.shape or len(groups) != len(p) or len(p) == 0 or \
+            p.dtype != torch.bool or q.dtype != torch.bool:
+        raise ValueError(f"ptq_agree {tuple(p.shape)} {p.dtype}, qat_agree {tuple(q.shape)} {q.dtype}, "
+                         f"{len(groups)} groups: expected two boolean vectors and one group per image, all "
+                         "of the same non-zero length")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"n_boot={n_boot!r}, level={level!r}: expected an integer >= 1 and 0 < level < 1")
+    point = recovery(p.double().mean().item(), q.double().mean().item())
+    uniq = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    gid = torch.tensor([uniq[g] for g in groups])
+    k = len(uniq)
+    per_track = [torch.zeros(k, dtype=torch.double).index_add_(0, gid, v.double())
+                 for v in (p, q, torch.ones_like(p))]
+    pick = torch.from_numpy(np.random.default_rng(seed).integers(0, k, size=(n_boot, k)))
+    sp, sq, n = (t[pick].sum(1) for t in per_track)
+    lost = n - sp                                    # PTQ's disagreements in each replicate
+    boot = ((sq - sp) / lost)[lost > 0].numpy()      # = recovery(sp / n, sq / n)
+    if len(boot) == 0:
+        return point, float("nan"), float("nan")
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return point, float(lo), float(hi)
 
 
 class Reference:

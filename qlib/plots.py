@@ -431,7 +431,7 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
 
 def qat_curves(curves: dict, starts: dict | None = None, title: str = "QAT training curves",
                relative_loss: bool = False):
-    """``curves``: label -> history of ``qat._fit`` (per epoch: steps, train_loss, val_acc);
+    """``curves``: label -> history of ``qat.fit`` (per epoch: steps, train_loss, val_acc);
     ``starts``: label -> validation accuracy at step 0 (the PTQ starting point). Validation
     accuracy and training loss against optimizer steps. The loss is on a log axis (losses of
     different configurations differ by orders of magnitude); ``relative_loss`` divides each
@@ -468,9 +468,9 @@ def qat_curves(curves: dict, starts: dict | None = None, title: str = "QAT train
 def recovery_curves(curves: dict, draws: dict | None = None, target: float = 0.5,
                     budget_min: float | None = None,
                     title: str = "Recovery of PTQ's agreement loss against training time"):
-    """``curves``: label -> rows of ``qat.lsq_curve`` (step 0 = the PTQ model; ``train_seconds``,
+    """``curves``: label -> rows of ``lsq.lsq_curve`` (step 0 = the PTQ model; ``train_seconds``,
     ``agreement``, ``kl``, ``recovered``). Left: the share of PTQ's agreement loss won back
-    (``qat.recovery``) against minutes of training, with the ``target`` share dashed and
+    (``measure.recovery``) against minutes of training, with the ``target`` share dashed and
     ``draws`` (label -> list of ``(minutes, recovery)``: short runs with other seeds) as open
     markers. Right: KL to FP relative to PTQ's. ``budget_min`` draws the time limit."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -709,8 +709,6 @@ def awq_scaling(w, s, x_absmean, settings, layer: str = ""):
     the scale s_j per input channel; (b) the per-column range max|W_:,j| before and after
     W diag(s); (c) the error each input channel contributes to the output,
     mean|X_j| * ||W_hat_:,j - W_:,j||, for RTN and for AWQ (W_hat = Q(W diag(s)) diag(s)^-1)."""
-    import torch
-
     from . import quant
     w = w.detach().float()
     shape = (1, -1) + (1,) * (w.dim() - 2)

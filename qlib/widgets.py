@@ -84,7 +84,7 @@ def qat_panel(fp, splits, calib_x, settings, n_train: int = 256, n_val: int = 25
     import ipywidgets as W
     import numpy as np
 
-    from . import models, qat
+    from . import lsq, models, qat
 
     if not isinstance(settings, qat.QATSettings):
         raise ValueError(f"settings={settings!r}: expected a qat.QATSettings (the chapter's LSQ recipe)")
@@ -96,11 +96,11 @@ def qat_panel(fp, splits, calib_x, settings, n_train: int = 256, n_val: int = 25
     fp_acc = models.evaluate(fp, small.val)["accuracy"]
 
     def update(bits, epochs):
-        w, a = qat.parse_config(bits)
+        w, a = lsq.parse_config(bits)
         s = dataclasses.replace(settings, epochs=epochs, w_bits=w, a_bits=a, batch_size=batch_size,
                                 max_steps=epochs * steps_per_epoch, seed=seed)
-        start = models.evaluate(qat.lsq_model(fp, s, calib_x=cx), small.val)["accuracy"]
-        _, h = qat.lsq_train(fp, small, s, calib_x=cx, progress=False)
+        start = models.evaluate(lsq.lsq_model(fp, s, calib_x=cx), small.val)["accuracy"]
+        _, h = lsq.lsq_train(fp, small, s, calib_x=cx, progress=False)
         fig, ax = plt.subplots(figsize=(6, 2.8))
         curve = [start * 100] + [v * 100 for v in h["val_acc"]]
         ax.plot([0] + list(np.cumsum(h["steps"])), curve, marker="o", color="#ff7f0e",

@@ -1,5 +1,6 @@
 """qlib.measure and qlib.results: the protocol every chapter uses."""
 import json
+import math
 
 import pytest
 import torch
@@ -196,3 +197,51 @@ def test_smoke_results_never_touch_the_book(tmp_path, monkeypatch):
     cfg = Config.from_env(smoke=True, cache_dir=str(tmp_path))
     path = results.record("99_test", [{"method": "x"}], cfg)
     assert str(path).startswith(str(tmp_path))
+
+
+def test_recovery_is_the_share_of_the_ptq_loss_won_back():
+    assert measure.recovery(0.9, 0.95) == pytest.approx(0.5)  # half of the 10% PTQ lost
+    assert measure.recovery(0.9, 1.0) == pytest.approx(1.0) and measure.recovery(0.9, 0.9) == 0.0
+    assert measure.recovery(0.9, 0.8) == pytest.approx(-1.0)  # lost as much again
+    assert math.isnan(measure.recovery(1.0, 0.99))  # nothing to win back
+    for bad in (1.5, -0.1, float("nan"), "0.9", True):
+        with pytest.raises(ValueError, match=r"agreement=.*expected an agreement in \[0, 1\]"):
+            measure.recovery(0.9, bad)
+
+
+def _tracks(n_tracks, per_track, ptq_lost, qat_lost):
+    """Per-image agreement of two models on n_tracks tracks of per_track frames, each model
+    disagreeing with FP on every frame of the listed tracks (frames of a track flip together)."""
+    groups = [f"track{t}" for t in range(n_tracks) for _ in range(per_track)]
+    agree = lambda lost: torch.tensor([int(g[5:]) not in lost for g in groups])
+    return agree(ptq_lost), agree(qat_lost), groups
+
+
+def test_recovery_ci_is_recovery_with_a_track_bootstrap_interval():
+    p, q, groups = _tracks(40, 5, ptq_lost={0, 1, 2, 3}, qat_lost={0, 1})
+    r, lo, hi = measure.recovery_ci(p, q, groups, seed=1)
+    assert r == pytest.approx(measure.recovery(p.double().mean().item(), q.double().mean().item())) == pytest.approx(0.5)
+    assert lo <= r <= hi and lo < hi
+    # the same flips counted as independent images give a narrower interval: tracks flip together
+    _, lo_i, hi_i = measure.recovery_ci(p, q, [str(i) for i in range(len(p))], seed=1)
+    assert hi_i - lo_i < hi - lo
+    # a QAT model with the same answers wins nothing back, in every replicate
+    assert measure.recovery_ci(p, p.clone(), groups) == (0.0, 0.0, 0.0)
+    # QAT only ever fixes PTQ's tracks here, so no replicate can exceed all of the loss
+    assert hi <= 1.0
+    # PTQ agreeing everywhere leaves nothing to recover: NaN, not a number made up
+    ok = torch.ones(len(p), dtype=torch.bool)
+    assert all(math.isnan(v) for v in measure.recovery_ci(ok, q, groups))
+
+
+def test_recovery_ci_refuses_mismatched_or_non_boolean_input():
+    p, q, groups = _tracks(10, 3, ptq_lost={0}, qat_lost=set())
+    for args, match in (((p, q[:-1], groups), "expected two boolean vectors"),
+                        ((p, q, groups[:-1]), "one group per image"),
+                        ((p.float(), q.float(), groups), "expected two boolean vectors"),
+                        ((p[:0], q[:0], []), "non-zero length")):
+        with pytest.raises(ValueError, match=match):
+            measure.recovery_ci(*args)
+    for kw in ({"n_boot": 0}, {"level": 1.0}, {"n_boot": 2.5}):
+        with pytest.raises(ValueError, match=r"n_boot=.*level=.*expected"):
+            measure.recovery_ci(p, q, groups, **kw)

@@ -59,7 +59,7 @@ $$
 with $N$ the number of weights per output channel (weight steps) or the number of input
 elements per image (activation steps), so that steps and weights learn at comparable rates.
 
-## The two recipes of `qlib.qat`
+## The two recipes: `qlib.qat` and `qlib.lsq`
 
 * **int8 QAT** (`qat.train_int8`): torchvision's quantizable ResNet-18 with the baseline's
   weights, conv-BN-ReLU fused, per-channel int8 weights and per-tensor uint8 activations, a few
@@ -72,7 +72,7 @@ elements per image (activation steps), so that steps and weights learn at compar
   observer, the same 256 images) and stay fixed, BN statistics are frozen from the first step,
   and the loss is distillation towards the FP32 outputs. Only the weights move, so any change
   against PTQ is what the fine-tune did.
-* **LSQ** (`qat.lsq_train`): the BN-folded network with learned steps for weights and
+* **LSQ** (`lsq.lsq_train`): the BN-folded network with learned steps for weights and
   activations, **initialised from the GPTQ solution** (weights and their scales) and from
   activation steps calibrated on the 256 calibration images (an MSE search of the clipping
   range). At step 0 this *is* a post-training model: GPTQ weights plus calibrated per-tensor
@@ -130,7 +130,7 @@ import pandas as pd
 import torch
 from IPython.display import display, Markdown
 from qlib import Config, data as qdata, models, measure, results, plots, calib, widgets
-from qlib import int8, qat, export
+from qlib import int8, qat, lsq, export
 
 plots.style()
 torch.set_num_threads(2)
@@ -247,10 +247,10 @@ points.
 code("""
 def gptq_solution(w, keep_8bit):  # the chapter's GPTQ solution at w bits (keep_8bit layers at 8), and its seconds
     t = time.time()
-    g = qat.gptq_init(fp, w, calib_x, tuple(keep_8bit))
+    g = lsq.gptq_init(fp, w, calib_x, tuple(keep_8bit))
     return g, time.time() - t
 gq, gptq_s = {}, {}
-for w in sorted({qat.parse_config(c)[0] for c in lsq_configs}):
+for w in sorted({lsq.parse_config(c)[0] for c in lsq_configs}):
     gq[w], gptq_s[w] = gptq_solution(w, lsq_keep_8bit)
     print(f"GPTQ W{w}: {gptq_s[w]:.1f} s")
 """),
@@ -265,26 +265,26 @@ lsq_recipe = qat.QATSettings(epochs=lsq_epochs, lr=lsq_lr, step_lr=lsq_step_lr, 
                              distill=distill, mixup=mixup, keep_8bit=tuple(lsq_keep_8bit), seed=cfg.seed)
 low, curves, starts, lsq_models, ptq_models, fid_logits = [], {}, {}, {}, {}, {}
 for c in lsq_configs:
-    w, a = qat.parse_config(c)
+    w, a = lsq.parse_config(c)
     s = replace(lsq_recipe, w_bits=w, a_bits=a)
-    m0 = qat.lsq_model(fp, s, init_model=gq[w], calib_x=calib_x)
+    m0 = lsq.lsq_model(fp, s, init_model=gq[w], calib_x=calib_x)
     starts[c], ptq_models[c] = models.evaluate(m0, splits.val)["accuracy"], m0
     lg = ref.logits(m0)
     fid_logits[(c, "PTQ")] = lg[1]
     low.append({"config": c, "kind": "PTQ", "engine": "float (fake-quant)", **ref.row(logits=lg), "seconds": gptq_s[w],
                 "size_mb": measure.saved_size_mb(gq[w])})
     t = time.time()
-    m, curves[c] = qat.lsq_train(fp, splits, s, init_model=gq[w], calib_x=calib_x, progress=False)
+    m, curves[c] = lsq.lsq_train(fp, splits, s, init_model=gq[w], calib_x=calib_x, progress=False)
     train_s = time.time() - t
     lg = ref.logits(m)
     fid_logits[(c, "QAT")] = lg[1]
     low.append({"config": c, "kind": "QAT", "engine": "float (fake-quant)", **ref.row(logits=lg), "seconds": gptq_s[w] + train_s,
-                "size_mb": measure.saved_size_mb(qat.export_model(m))})
+                "size_mb": measure.saved_size_mb(lsq.export_model(m))})
     lsq_models[c] = m
     if a == 8:
         low.append({"config": c, "kind": "PTQ", "engine": "int8", **ref.row(int8.convert(gq[w], calib_x, "histogram")),
                     "seconds": gptq_s[w], "size_mb": low[-2]["size_mb"]})
-        low.append({"config": c, "kind": "QAT", "engine": "int8", **ref.row(qat.to_int8(m, calib_x)),
+        low.append({"config": c, "kind": "QAT", "engine": "int8", **ref.row(lsq.to_int8(m, calib_x)),
                     "seconds": low[-2]["seconds"], "size_mb": low[-2]["size_mb"]})
 lowdf = pd.DataFrame(low)
 display(lowdf[["config", "kind", "engine", "accuracy", "agreement", "kl", "size_mb", "seconds"]].round(4))
@@ -294,22 +294,22 @@ fig = plots.qat_curves(curves, starts, title="LSQ fine-tuning from GPTQ (step 0 
 """),
 md("""
 A configuration's **recovery** is the share of PTQ's agreement loss that QAT wins back,
-$(a_\\text{QAT} - a_\\text{PTQ}) / (1 - a_\\text{PTQ})$ for agreements $a$ with FP32 (`qat.recovery`).
+$(a_\\text{QAT} - a_\\text{PTQ}) / (1 - a_\\text{PTQ})$ for agreements $a$ with FP32 (`measure.recovery`).
 Its uncertainty is not that of three thousand independent images: held-out frames of one track are
 near-duplicates that flip together, so the interval below resamples whole tracks, with the PTQ and the
-QAT model on the same resampled images (`qat.recovery_ci`, a paired cluster bootstrap).
+QAT model on the same resampled images (`measure.recovery_ci`, a paired cluster bootstrap).
 """),
 code("""
 def recovery(c, engine="float (fake-quant)"):
     g = lowdf[(lowdf.config == c) & (lowdf.engine == engine)].set_index("kind")
     p, q = g.loc["PTQ", "agreement"], g.loc["QAT", "agreement"]
-    return p, q, qat.recovery(p, q)
+    return p, q, measure.recovery(p, q)
 import math
 fp_top = ref.fp_fid.argmax(1)
 rec_ci, lost_tracks = {}, {}  # the recovery's interval: a paired bootstrap over the held-out tracks
 for c in lsq_configs:
     ok = {k: fid_logits[(c, k)].argmax(1) == fp_top for k in ("PTQ", "QAT")}
-    rec_ci[c] = qat.recovery_ci(ok["PTQ"], ok["QAT"], ref.fid_groups, seed=cfg.seed)
+    rec_ci[c] = measure.recovery_ci(ok["PTQ"], ok["QAT"], ref.fid_groups, seed=cfg.seed)
     lost_tracks[c] = len({g for g, a in zip(ref.fid_groups, ok["PTQ"].tolist()) if not a})
 n_tracks = len(set(ref.fid_groups))
 def ci_text(c):
@@ -325,7 +325,7 @@ for c in lsq_configs:
     lines.append(f"* **{c}**: PTQ agreement {p:.2%} (loses {1 - p:.2%}: {round((1 - p) * len(fp_top))} images on "
                  f"{lost_tracks[c]} of the {n_tracks} held-out tracks), LSQ {q:.2%}: QAT wins back "
                  f"**{r:.0%}** of the loss ({ci_text(c)}); KL to FP32 {kl['PTQ']:.4f} → {kl['QAT']:.4f} ({dkl[c]:+.0%}); "
-                 f"{cost / 60:.1f} min of training vs {gptq_s[qat.parse_config(c)[0]]:.0f} s of GPTQ.")
+                 f"{cost / 60:.1f} min of training vs {gptq_s[lsq.parse_config(c)[0]]:.0f} s of GPTQ.")
 display(Markdown("\\n".join(lines)))
 fig = plots.qat_vs_ptq(lowdf[lowdf.engine == "float (fake-quant)"])
 """),
@@ -346,19 +346,19 @@ back.
 """),
 code("""
 from qlib import fold
-a4 = [c for c in lsq_configs if qat.parse_config(c)[1] == 4]
+a4 = [c for c in lsq_configs if lsq.parse_config(c)[1] == 4]
 smooth_rows = []
 for c in a4:
-    w, a = qat.parse_config(c)
+    w, a = lsq.parse_config(c)
     ok0 = fid_logits[(c, "PTQ")].argmax(1) == fp_top
     p0 = lowdf[(lowdf.config == c) & (lowdf.kind == "PTQ") & (lowdf.engine == "float (fake-quant)")].iloc[0]
     smooth_rows.append({"config": c, "smoothing": "none (the table's PTQ)", **p0[["agreement", "kl", "accuracy"]].to_dict()})
     for mode in fold.MODES:
         t = time.time()
-        m_sm, alphas = qat.smoothed_ptq(fp, replace(lsq_recipe, w_bits=w, a_bits=a), calib_x, mode=mode)
+        m_sm, alphas = lsq.smoothed_ptq(fp, replace(lsq_recipe, w_bits=w, a_bits=a), calib_x, mode=mode)
         lg = ref.logits(m_sm)
         ok = lg[1].argmax(1) == fp_top
-        r, lo, hi = qat.recovery_ci(ok0, ok, ref.fid_groups, seed=cfg.seed)
+        r, lo, hi = measure.recovery_ci(ok0, ok, ref.fid_groups, seed=cfg.seed)
         smooth_rows.append({"config": c, "smoothing": mode, **ref.row(logits=lg), "alpha": float(np.median(list(alphas.values()))),
                             "images": int(ok.sum() - ok0.sum()), "won": r, "lo": lo, "hi": hi, "seconds": time.time() - t})
 smooth = pd.DataFrame(smooth_rows)
@@ -372,7 +372,7 @@ display(smooth.set_index(["config", "smoothing"])[["alpha", "agreement", "kl", "
 sm_only = smooth[smooth.smoothing != "none (the table's PTQ)"]
 helps, hurts = sm_only[sm_only.lo > 0], sm_only[sm_only.hi < 0]
 best_sm = sm_only.loc[sm_only.groupby("config").agreement.idxmax()].set_index("config")
-vs_best = {c: qat.recovery(best_sm.agreement[c], recovery(c)[1]) for c in a4}
+vs_best = {c: measure.recovery(best_sm.agreement[c], recovery(c)[1]) for c in a4}
 display(Markdown(
     f"Smoothing moves PTQ's agreement by {int(sm_only.images.min()):+d} to {int(sm_only.images.max()):+d} held-out images "
     f"({sm_only.won.min():+.0%} to {sm_only.won.max():+.0%} of the unsmoothed PTQ's loss). " +
@@ -394,14 +394,14 @@ model disagrees with FP32 on about one held-out image in fifty, so one image is 
 loss. The fine-tune's seed (batch order, augmentation, mixup) changes which of those images flip.
 So each A4 configuration is fine-tuned again with other seeds, same recipe and same number of steps.
 Then the same recipe gets the whole 5-minute budget of the targets, with its cosine schedule
-stretched over all the steps. It is measured against FP32 along the way with `qat.lsq_curve`. The
+stretched over all the steps. It is measured against FP32 along the way with `lsq.lsq_curve`. The
 measurements change nothing in the training, and their time is not counted. Runs longer than the
-budget are one command, `python -m qlib.qat` (README, "Longer QAT runs").
+budget are one command, `python -m qlib.lsq` (README, "Longer QAT runs").
 """),
 code("""
 draws, budget_curves, budget_models, spread_rows = {}, {}, {}, []
 for c in a4:
-    w, a = qat.parse_config(c)
+    w, a = lsq.parse_config(c)
     p0, q0, r0 = recovery(c)
     s_c = replace(lsq_recipe, w_bits=w, a_bits=a)
     spread_rows.append({"config": c, "seed": cfg.seed, "agreement": q0, "recovered": r0})
@@ -409,14 +409,14 @@ for c in a4:
     draws[c] = [((qat_row["seconds"] - gptq_s[w]) / 60, r0)]  # the table's run (its time includes 3 validation passes)
     for k in range(1, spread_seeds + 1):
         t = time.time()
-        m_k, _ = qat.lsq_train(fp, splits, replace(s_c, seed=cfg.seed + k), init_model=gq[w], calib_x=calib_x,
+        m_k, _ = lsq.lsq_train(fp, splits, replace(s_c, seed=cfg.seed + k), init_model=gq[w], calib_x=calib_x,
                                progress=False, validate=False)
         minutes = (time.time() - t) / 60
         q = ref.row(m_k)["agreement"]
-        spread_rows.append({"config": c, "seed": cfg.seed + k, "agreement": q, "recovered": qat.recovery(p0, q)})
+        spread_rows.append({"config": c, "seed": cfg.seed + k, "agreement": q, "recovered": measure.recovery(p0, q)})
         draws[c].append((minutes, spread_rows[-1]["recovered"]))
     s_b = s_c.with_steps(budget_steps, len(splits.train))
-    budget_models[c], budget_curves[c] = qat.lsq_curve(fp, splits, s_b, ref, budget_every, init_model=gq[w], calib_x=calib_x,
+    budget_models[c], budget_curves[c] = lsq.lsq_curve(fp, splits, s_b, ref, budget_every, init_model=gq[w], calib_x=calib_x,
                                                        progress=False)
 spread = pd.DataFrame(spread_rows)
 display(spread.pivot(index="seed", columns="config", values="recovered").style.format("{:+.0%}").set_caption(
@@ -453,17 +453,17 @@ code("""
 def n_images(x):  # "1 held-out image", "9 held-out images"
     return f"{x:.0f} held-out image" + ("" if round(x) == 1 else "s")
 def step_change(m, c):  # each layer's learned input step, and each weight channel's step, relative to the start
-    start = qat.act_steps(ptq_models[c])
+    start = lsq.act_steps(ptq_models[c])
     w0 = {n: l.w_step.detach() for n, l in ptq_models[c].named_modules() if hasattr(l, "w_step")}
     w = torch.cat([(l.w_step.detach() / w0[n] - 1).flatten() for n, l in m.named_modules() if hasattr(l, "w_step")])
-    return {k: v[0] / start[k][0] - 1 for k, v in qat.act_steps(m).items()}, w.abs().numpy()
+    return {k: v[0] / start[k][0] - 1 for k, v in lsq.act_steps(m).items()}, w.abs().numpy()
 moved = {c: step_change(m, c) for c, m in budget_models.items()}
 control = {}
 if "W4A4" in budget_curves:
-    w, a = qat.parse_config("W4A4")
+    w, a = lsq.parse_config("W4A4")
     s_slow = replace(lsq_recipe, w_bits=w, a_bits=a, step_lr=lsq_step_lr / 10).with_steps(budget_steps, len(splits.train))
     slow = f"W4A4, steps at {s_slow.step_lr:g}"
-    m_slow, control[slow] = qat.lsq_curve(fp, splits, s_slow, ref, budget_every, init_model=gq[w], calib_x=calib_x,
+    m_slow, control[slow] = lsq.lsq_curve(fp, splits, s_slow, ref, budget_every, init_model=gq[w], calib_x=calib_x,
                                           progress=False)
     moved[slow] = step_change(m_slow, "W4A4")
     fig = plots.recovery_curves({f"W4A4, steps at {lsq_step_lr:g} (above)": budget_curves["W4A4"], **control}, target=0.5,
@@ -519,9 +519,9 @@ code("""
 learn_runs, in_moved = {}, {}
 for c, learn in [("W4A4", "steps"), ("W4A4", "weights"), ("W8A4", "steps")]:
     if c in budget_curves:
-        w, a = qat.parse_config(c)
+        w, a = lsq.parse_config(c)
         s_l = replace(lsq_recipe, w_bits=w, a_bits=a, learn=learn).with_steps(budget_steps, len(splits.train))
-        m_l, learn_runs[(c, learn)] = qat.lsq_curve(fp, splits, s_l, ref, budget_every, init_model=gq[w], calib_x=calib_x,
+        m_l, learn_runs[(c, learn)] = lsq.lsq_curve(fp, splits, s_l, ref, budget_every, init_model=gq[w], calib_x=calib_x,
                                                     progress=False)
         in_moved[(c, learn)] = np.abs(list(step_change(m_l, c)[0].values()))
 if learn_runs:
@@ -557,12 +557,12 @@ where each A4 model picks another class.
 code("""
 if "W4A4" in lsq_configs:
     g_all4, all4_s = gptq_solution(4, ())
-    all4 = qat.lsq_model(fp, qat.QATSettings(w_bits=4, a_bits=4), init_model=g_all4, calib_x=calib_x)
+    all4 = lsq.lsq_model(fp, qat.QATSettings(w_bits=4, a_bits=4), init_model=g_all4, calib_x=calib_x)
     r_all4 = {**ref.row(all4), "seconds": all4_s, "size_mb": measure.saved_size_mb(g_all4)}
     p4 = lowdf[(lowdf.config == "W4A4") & (lowdf.kind == "PTQ")].iloc[0]
     n_w = {n: m.weight.numel() for n, m in fp.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
     kept = sum(n_w[k] for k in lsq_keep_8bit) / sum(n_w.values())
-    share = qat.recovery(r_all4["agreement"], p4["agreement"])
+    share = measure.recovery(r_all4["agreement"], p4["agreement"])
     display(Markdown(
         f"W4A4 PTQ with every layer at 4 bits: **{r_all4['agreement']:.2%}** agreement with FP32, KL {r_all4['kl']:.4f}, "
         f"{r_all4['accuracy']:.2%} test accuracy. With {' and '.join(f'`{k}`' for k in lsq_keep_8bit)} at 8 bits: "
@@ -712,24 +712,24 @@ def add_noise(z, w, a, kind):
     nm = measure.noise_model(z, ref.fp_fid, where=where)
     noise_rows.append({"model": f"W{w}A{a} {'PTQ' if kind == 'PTQ' else 'LSQ'}", "w_bits": w, "a_bits": a, "kind": kind, **nm})
 a4_configs = [c for c in lsq_configs if c.endswith("A4")]
-sweep_w = sorted({qat.parse_config(c)[0] for c in a4_configs})
+sweep_w = sorted({lsq.parse_config(c)[0] for c in a4_configs})
 for w in sweep_w:
     for a in a_sweep:
         z = fid_logits.get((f"W{w}A{a}", "PTQ"))
         if z is None:
-            m0 = qat.lsq_model(fp, qat.QATSettings(w_bits=w, a_bits=a, keep_8bit=tuple(lsq_keep_8bit)), init_model=gq[w],
+            m0 = lsq.lsq_model(fp, qat.QATSettings(w_bits=w, a_bits=a, keep_8bit=tuple(lsq_keep_8bit)), init_model=gq[w],
                                calib_x=calib_x)
             z = ref.logits(m0)[1]
         add_noise(z, w, a, "PTQ")
 for c in lsq_configs:
-    w, a = qat.parse_config(c)
+    w, a = lsq.parse_config(c)
     if w in sweep_w:
         add_noise(fid_logits[(c, "QAT")], w, a, "QAT")
 noise_df = pd.DataFrame(noise_rows)
 nd = noise_df.set_index(["w_bits", "a_bits", "kind"])
 needed = {}   # half of the predicted disagreements: the model's own scale, so a model that under-counts is not favoured
 for c in a4_configs:
-    p = nd.loc[(*qat.parse_config(c), "PTQ")]
+    p = nd.loc[(*lsq.parse_config(c), "PTQ")]
     reachable = measure.expected_flips(fp_margin, p["mean"], 0.0) <= p.predicted / 2   # else the mean error alone flips more
     needed[c] = measure.sd_for_flips(fp_margin, p["mean"], p.predicted / 2) if reachable else float("nan")
 display(noise_df.set_index("model")[["mean", "sd", "predicted", "disagreements"]].style.format(
@@ -744,7 +744,7 @@ fit_w = {w: fit[counted.w_bits == w].max() if (counted.w_bits == w).any() else f
 holds = [w for w in sweep_w if fit_w[w] <= 0.15]
 lines, cuts = [], []   # cuts: (config, the cut of the spread half of PTQ's loss takes, the cut one more activation bit gives)
 for c in a4_configs:
-    w, a = qat.parse_config(c)
+    w, a = lsq.parse_config(c)
     p, q = nd.loc[(w, a, "PTQ")], nd.loc[(w, a, "QAT")]
     off = "" if w in holds else f" (the model is off at W{w}: see below)"
     text = (f"- **{c}**{off}: the spread of the margin error is {p.sd:.3f} after PTQ and {q.sd:.3f} after the fine-tune "
@@ -787,12 +787,12 @@ is not saved or entered in the results: half of its validation images are traini
 code("""
 ia, ib = qdata.halves(splits.val, cfg.seed)
 held_a, held_b = splits.val.subset(ia), splits.val.subset(ib)
-w, a = qat.parse_config(held_config)
+w, a = lsq.parse_config(held_config)
 if w not in gq:
     gq[w], gptq_s[w] = gptq_solution(w, lsq_keep_8bit)
 s_held = replace(lsq_recipe, w_bits=w, a_bits=a, lr=held_lr, mixup=0.0).with_steps(held_steps, len(held_a))
 t = time.time()
-m_held, _ = qat.lsq_train(fp, replace(splits, train=held_a), s_held, init_model=gq[w], calib_x=calib_x,
+m_held, _ = lsq.lsq_train(fp, replace(splits, train=held_a), s_held, init_model=gq[w], calib_x=calib_x,
                           progress=False, validate=False)  # measured below, on both halves and test
 held_s = time.time() - t
 whole = ref.fp["n_fidelity"] == len(splits.val) + len(splits.test)  # the fidelity set is val + test, in order
@@ -804,7 +804,7 @@ sets = {"val half A (distilled on)": ia, "val half B (other tracks)": ib,
         "test": torch.arange(len(splits.val), len(splits.val) + len(splits.test))}
 fp_vt = (ref.fp_fid if whole else vt_logits(fp)).argmax(1)
 candidates = {"PTQ": ((held_config, "PTQ"), ptq_models[held_config] if held_config in ptq_models else
-                      qat.lsq_model(fp, s_held, init_model=gq[w], calib_x=calib_x))}
+                      lsq.lsq_model(fp, s_held, init_model=gq[w], calib_x=calib_x))}
 if held_config in lsq_models:
     candidates["LSQ on the train split (above)"] = ((held_config, "QAT"), lsq_models[held_config])
 candidates["LSQ distilled on half A"] = (None, m_held)
@@ -815,7 +815,7 @@ for k, (key, m) in candidates.items():
 held = pd.DataFrame(held_rows).set_index("model")
 sizes = ", ".join(f"{k.split(' (')[0]}: {len(i):,} images" for k, i in sets.items())
 display(held.style.format("{:.2%}").set_caption(f"{held_config}: agreement with FP32 ({sizes})"))
-rec_held = {name: qat.recovery(held.loc["PTQ", name], held.loc["LSQ distilled on half A", name]) for name in sets}
+rec_held = {name: measure.recovery(held.loc["PTQ", name], held.loc["LSQ distilled on half A", name]) for name in sets}
 print(f"{held_steps} steps on {len(held_a)} images ({s_held.epochs} pass{'es' if s_held.epochs > 1 else ''}): {held_s / 60:.1f} min")
 r_a, r_b, r_t = (rec_held[k] for k in sets)
 verdict = ("Unseen images are what the fine-tune lacked: with them it recovers at least half of the loss on tracks it never saw."
@@ -922,12 +922,12 @@ answer += (f"Distilled on {len(held_a):,} images FP32 was not fitted on (half of
 display(Markdown(answer))
 """),
 code("""
-export.save(qat.export_model(lsq_models["W4A4"]), results.variant_path(cfg, "lsq_w4a4"),
-            extra_metadata={"act_steps": qat.act_steps(lsq_models["W4A4"])}) if "W4A4" in lsq_models else None
+export.save(lsq.export_model(lsq_models["W4A4"]), results.variant_path(cfg, "lsq_w4a4"),
+            extra_metadata={"act_steps": lsq.act_steps(lsq_models["W4A4"])}) if "W4A4" in lsq_models else None
 if "W2A8" in lsq_models:
-    export.save(qat.export_model(lsq_models["W2A8"]), results.variant_path(cfg, "lsq_w2a8"),
-                extra_metadata={"act_steps": qat.act_steps(lsq_models["W2A8"])})
-    int8.save(qat.to_int8(lsq_models["W2A8"], calib_x), results.variant_path(cfg, "lsq_w2a8", ".int8.pt"))
+    export.save(lsq.export_model(lsq_models["W2A8"]), results.variant_path(cfg, "lsq_w2a8"),
+                extra_metadata={"act_steps": lsq.act_steps(lsq_models["W2A8"])})
+    int8.save(lsq.to_int8(lsq_models["W2A8"], calib_x), results.variant_path(cfg, "lsq_w2a8", ".int8.pt"))
 keep = ("accuracy", "acc_lo", "acc_hi", "agreement", "kl", "test_agreement", "n_fidelity", "size_mb")
 rows = [{"method": "int8-ptq", "label": "int8 PTQ (histogram)", "bits": 8, "act_bits": 8, "granularity": "channel", "engine": "int8",
          **{k: r_ptq8[k] for k in keep}, **{k: lat["ptq"][k] for k in ("ms_per_batch", "images_per_s")}, "seconds": ptq8_s,
@@ -936,7 +936,7 @@ rows = [{"method": "int8-ptq", "label": "int8 PTQ (histogram)", "bits": 8, "act_
          **{k: r_qat8[k] for k in keep}, **{k: lat["qat"][k] for k in ("ms_per_batch", "images_per_s")}, "seconds": qat8_s,
          "variant_file": "qat_int8", "calib_seed": cfg.seed, "settings": {**s8.__dict__, "start": "int8 PTQ (histogram ranges fixed, BN frozen)", "history": hist8}}]
 for r in low:
-    w, a = qat.parse_config(r["config"])
+    w, a = lsq.parse_config(r["config"])
     var = {"W4A4": "lsq_w4a4", "W2A8": "lsq_w2a8"}.get(r["config"]) if r["kind"] == "QAT" else None
     rows.append({"method": "lsq" if r["kind"] == "QAT" else "gptq", "label": f"{'LSQ' if r['kind'] == 'QAT' else 'GPTQ'} W{w}A{a}" + (" (int8 engine)" if r["engine"] == "int8" else ""),
                  "bits": w, "act_bits": a, "granularity": "channel", "engine": "int8" if r["engine"] == "int8" else "float",
