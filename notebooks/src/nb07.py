@@ -513,38 +513,84 @@ run test that, each learning one group of parameters and freezing the other
   weights) and only the weights and biases learn.
 
 W8A4 gets the first control too: with 8-bit weights, its input steps are nearly all that
-quantization has changed.
+quantization has changed. W4A4's steps-only run is repeated **on the training images as they are**
+(no mixup, no augmentation: `mixup=0`, `augment=False`), in case the blends' or the augmented
+images' activations, not the held-out images', are what the steps adapt to. Last, a null for the
+steps: the W4A4 PTQ model's 21 input steps are moved **at random**, each by a log-normal factor
+whose median change is the steps-only run's, and agreement is measured again — what a move of that
+size does when nothing learned its direction.
 """),
 code("""
 learn_runs, in_moved = {}, {}
-for c, learn in [("W4A4", "steps"), ("W4A4", "weights"), ("W8A4", "steps")]:
+plain = dict(mixup=0.0, augment=False)  # the training images as they are
+learn_label = {("steps", False): "input steps only", ("steps", True): "input steps only, plain images",
+               ("weights", False): "weights only"}
+for c, learn, on_plain in [("W4A4", "steps", False), ("W4A4", "steps", True), ("W4A4", "weights", False),
+                           ("W8A4", "steps", False)]:
     if c in budget_curves:
         w, a = lsq.parse_config(c)
-        s_l = replace(lsq_recipe, w_bits=w, a_bits=a, learn=learn).with_steps(budget_steps, len(splits.train))
-        m_l, learn_runs[(c, learn)] = lsq.lsq_curve(fp, splits, s_l, ref, budget_every, init_model=gq[w], calib_x=calib_x,
-                                                    progress=False)
-        in_moved[(c, learn)] = np.abs(list(step_change(m_l, c)[0].values()))
+        s_l = replace(lsq_recipe, w_bits=w, a_bits=a, learn=learn, **(plain if on_plain else {})).with_steps(
+            budget_steps, len(splits.train))
+        m_l, learn_runs[(c, learn, on_plain)] = lsq.lsq_curve(fp, splits, s_l, ref, budget_every, init_model=gq[w],
+                                                              calib_x=calib_x, progress=False)
+        if learn == "steps":
+            in_moved[(c, on_plain)] = np.abs(list(step_change(m_l, c)[0].values()))
+null_rec = []
+if ("W4A4", False) in in_moved:  # random moves of the W4A4 PTQ model's input steps, as large as the fine-tune's
+    sigma = np.median(np.abs(np.log1p(in_moved[("W4A4", False)]))) / 0.6745  # median |N(0, sigma)| = 0.6745 sigma
+    rng = np.random.default_rng(cfg.seed)
+    for k in range(2 if cfg.smoke else 12):
+        m_r = copy.deepcopy(ptq_models["W4A4"])
+        with torch.no_grad():
+            for mod in m_r.modules():
+                if getattr(mod, "a_log_step", None) is not None:
+                    mod.a_log_step += float(rng.normal(0.0, sigma))
+        null_rec.append(measure.recovery(recovery("W4A4")[0], ref.row(m_r)["agreement"]))
 if learn_runs:
-    both = {c: budget_curves[c] for c in dict.fromkeys(c for c, _ in learn_runs)}
+    both = {c: budget_curves[c] for c in dict.fromkeys(c for c, _, _ in learn_runs)}
     fig = plots.recovery_curves({**{f"{c}, everything (above)": r for c, r in both.items()},
-                                 **{f"{c}, {l} only": r for (c, l), r in learn_runs.items()}}, target=0.5, budget_min=5.0,
+                                 **{f"{c}, {learn_label[(l, p)]}": r for (c, l, p), r in learn_runs.items()}},
+                                target=0.5, budget_min=5.0,
                                 title=f"{budget_steps} steps, learning everything, only the input steps, or only the weights")
-    end = {k: r[-1]["recovered"] for k, r in learn_runs.items()} | {(c, "all"): r[-1]["recovered"] for c, r in both.items()}
-    steps_only = [c for (c, l) in learn_runs if l == "steps"]
-    display(Markdown(
-        "Share of PTQ's agreement loss won back at the end of the run — " + "; ".join(
-            f"{c}: learning everything {end[(c, 'all')]:+.0%}, only the input steps {end[(c, 'steps')]:+.0%}"
-            + (f", only the weights {end[(c, 'weights')]:+.0%}" if (c, "weights") in end else "") for c in both) + ". " + (
-            "No run reaches half of the loss. " if all(v < 0.5 for v in end.values()) else "") + (
-            f"Learning nothing but the input steps loses held-out agreement too ({', '.join(steps_only)}). "
-            f"The {len(in_moved[(steps_only[0], 'steps')])} numbers it learns cannot over-fit the training images, so "
-            "over-fitting does not explain the loss. The fine-tune's objective, FP32's outputs on training blends, moves the "
+    end = {k: r[-1]["recovered"] for k, r in learn_runs.items()} | {(c, "all", False): r[-1]["recovered"] for c, r in both.items()}
+    steps_only = [c for (c, l, p) in learn_runs if l == "steps" and not p]
+    lines = ["Share of PTQ's agreement loss won back at the end of the run:"] + [
+        f"* {c}: learning everything {end[(c, 'all', False)]:+.0%}, " + ", ".join(
+            f"{learn_label[(l, p)]} {end[(c, l, p)]:+.0%}" for (c2, l, p) in learn_runs if c2 == c) for c in both]
+    if all(v < 0.5 for v in end.values()):
+        lines.append("\\nNo run reaches half of the loss.")
+    steps_lose = all(end[(c, "steps", False)] < 0 for c in steps_only)
+    if steps_lose:
+        lines.append(
+            f"\\nLearning nothing but the input steps loses held-out agreement too ({', '.join(steps_only)}). "
+            f"The {len(in_moved[(steps_only[0], False)])} numbers it learns cannot over-fit the training images, so "
+            "over-fitting does not explain the loss. The fine-tune's objective, FP32's outputs on training images, moves the "
             "input steps from where the MSE calibration put them (" + "; ".join(
-                f"{c}: median {np.median(in_moved[(c, 'steps')]):.1%}, up to {in_moved[(c, 'steps')].max():.1%}" for c in steps_only) +
-            "), and on the held-out images that turns more answers than it keeps."
-            if all(end[(c, "steps")] < 0 for c in steps_only) else
-            "Learning only the input steps does not lose agreement everywhere, so the controls do not single out the steps."
-        )))
+                f"{c}: median {np.median(in_moved[(c, False)]):.1%}, up to {in_moved[(c, False)].max():.1%}" for c in steps_only) +
+            "), and on the held-out images that turns more answers than it keeps.")
+    else:
+        lines.append("\\nLearning only the input steps does not lose agreement everywhere, so the controls do not single out the steps.")
+    if ("W4A4", "steps", True) in end:
+        p_end = end[("W4A4", "steps", True)]
+        lines.append(
+            f"\\nOn the training images as they are, without blends or augmentation, W4A4's input steps end at {p_end:+.0%} "
+            f"(with them {end[('W4A4', 'steps', False)]:+.0%}): " + (
+                "the blends and the augmentation are not what the steps adapt to." if (p_end < 0) == (end[('W4A4', 'steps', False)] < 0)
+                else "the two differ in sign, so the blends or the augmentation matter."))
+    if null_rec:
+        nr, fine = np.array(null_rec), end[("W4A4", "steps", False)]
+        below = int((nr <= fine).sum())
+        lines.append(
+            f"\\nMoved at random by as much ({len(nr)} draws), the same 21 steps give a recovery of {nr.mean():+.0%} on average "
+            f"(standard deviation {nr.std(ddof=1):.0%}, from {nr.min():+.0%} to {nr.max():+.0%}); the fine-tune's {fine:+.0%} is "
+            + (f"below all of them (were it one more random draw, a chance of 1 in {len(nr) + 1}): learning found no better "
+               "direction for them than chance, if anything a worse one. "
+               if below == 0 else f"at or above {len(nr) - below} of the {len(nr)} draws: within what a random move of that size does. ")
+            + f"A random move of that size turns about {n_images(nr.std(ddof=1) * (1 - recovery('W4A4')[0]) * ref.fp['n_fidelity'])} "
+            "either way (one standard deviation): the A4 models' held-out disagreements sit on images that flip with small "
+            "changes of the steps" + (", and winning back half of PTQ's loss lies more than two standard deviations above "
+                                      "the random moves' mean." if 0.5 > nr.mean() + 2 * nr.std(ddof=1) else "."))
+    display(Markdown("\\n".join(lines)))
 """),
 md("""
 ### Where the A4 loss sits
