@@ -353,8 +353,8 @@ def lsq_train(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings,
         model.train()
 
     hist = qat.fit(model, splits, settings, teacher=teacher, device=device, progress=progress,
-                desc=f"LSQ W{settings.w_bits}A{settings.a_bits or 32}",
-                after_step=after_step, evaluate=None if validate else (lambda m: float("nan")))
+                   desc=f"LSQ W{settings.w_bits}A{settings.a_bits or 32}",
+                   after_step=after_step, evaluate=None if validate else (lambda m: float("nan")))
     return model.cpu().eval(), hist
 
 

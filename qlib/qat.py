@@ -173,7 +173,7 @@ def _loss(out, y, teacher_out, s: QATSettings, y2=None, lam=1.0):
 
 
 def fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True, desc="QAT",
-         on_epoch=None, after_step=None, evaluate=None):
+        on_epoch=None, after_step=None, evaluate=None):
     """Fine-tune ``model`` on ``splits.train`` with ``s``: SGD with momentum or Adam, cosine LR over
     all steps, ``models.augment`` (unless ``s.augment`` is False), mixup and distillation to
     ``teacher`` as ``s`` says; the parameters named ``*_step`` (LSQ's learned steps) form their
@@ -303,5 +303,5 @@ def train_int8(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings 
 
     teacher = copy.deepcopy(model_fp).eval() if settings.distill > 0 else None
     hist = fit(prepared, splits, settings, teacher=teacher, device=device, progress=progress,
-                desc="int8 QAT", on_epoch=on_epoch, evaluate=evaluate)
+               desc="int8 QAT", on_epoch=on_epoch, evaluate=evaluate)
     return int8.convert_qat(prepared), hist
