@@ -34,6 +34,25 @@ def discover(folder: Path) -> dict:
     return found
 
 
+def missing(folder: Path, results_folder: Path) -> dict:
+    """The variants the chapters' results in ``results_folder`` name (their ``variant_file``)
+    that have no saved file in ``folder``: ``{variant: [chapters that recorded it]}``. Their
+    files live in the cache, not in the repository: a new checkout has the results but not
+    the files until the chapters run again."""
+    import json
+
+    have = set(discover(Path(folder)))
+    named: dict = {}
+    for p in sorted(Path(results_folder).glob("[0-9][0-9]_*.json")):
+        for row in json.loads(p.read_text()):
+            v = row.get("variant_file") if isinstance(row, dict) else None
+            if v and v not in have:
+                named.setdefault(v, [])
+                if p.stem not in named[v]:
+                    named[v].append(p.stem)
+    return named
+
+
 def load_runnable(files: dict):
     """The model that executes a variant: the int8 engine model if there is one."""
     if files.get("int8"):
@@ -100,8 +119,14 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_table(res))
     from .results import results_dir, write_json
+
+    absent = missing(Path(a.variants), results_dir(cfg))
+    if absent:
+        by = ", ".join(f"{v} ({'/'.join(chs)})" for v, chs in absent.items())
+        print(f"note: {len(absent)} variant(s) recorded in {results_dir(cfg)} have no file in {a.variants} "
+              f"and are not timed: {by}. Run those chapters (make book) to save them.", file=sys.stderr)
+    print(format_table(res))
 
     out = write_json(res, Path(a.out) if a.out else results_dir(cfg) / "bench.json")
     print(f"wrote {out}")

@@ -19,3 +19,35 @@ def test_run_rejects_an_empty_folder_and_bad_settings(tmp_path):
         bench.run(tmp_path, progress=False)
     with pytest.raises(ValueError, match="rounds=0"):
         bench.run(tmp_path, rounds=0, progress=False)
+
+
+def test_missing_names_the_recorded_variants_without_a_file(tmp_path):
+    import json
+    (tmp_path / "v").mkdir()
+    (tmp_path / "r").mkdir()
+    export.save(models.resnet18(29), tmp_path / "v" / "gptq_w4.safetensors")
+    (tmp_path / "r" / "04_gptq.json").write_text(json.dumps(
+        [{"variant_file": "gptq_w4"}, {"variant_file": "gptq_w2"}, {"variant_file": None}, {"method": "rtn"}]))
+    (tmp_path / "r" / "07_qat.json").write_text(json.dumps([{"variant_file": "gptq_w2"}, {"variant_file": "lsq_w4a4"}]))
+    (tmp_path / "r" / "bench.json").write_text(json.dumps({"rows": [{"variant_file": "not_a_chapter"}]}))
+    assert bench.missing(tmp_path / "v", tmp_path / "r") == {"gptq_w2": ["04_gptq", "07_qat"], "lsq_w4a4": ["07_qat"]}
+
+
+def test_command_line_says_which_recorded_variants_it_cannot_time(tmp_path, monkeypatch, capsys):
+    import json
+    monkeypatch.setenv("QLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("QLIB_SMOKE", "1")
+    monkeypatch.delenv("QLIB_RESULTS", raising=False)
+    from qlib import Config, results
+    cfg = Config.from_env()
+    vdir = results.variant_path(cfg, "fp32").parent
+    vdir.mkdir(parents=True, exist_ok=True)  # variant_path makes the folder
+    export.save(models.resnet18(29), vdir / "fp32.safetensors")
+    rdir = results.results_dir(cfg)
+    rdir.mkdir(parents=True, exist_ok=True)
+    (rdir / "05_awq.json").write_text(json.dumps([{"variant_file": "awq_w4"}]))
+    out = tmp_path / "bench.json"
+    assert bench.main(["--rounds", "1", "--threads", "1", "--image-size", "32", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "awq_w4 (05_awq)" in err and "not timed" in err
+    assert [r["variant"] for r in json.loads(out.read_text())["rows"]] == ["fp32"]
