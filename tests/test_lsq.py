@@ -171,25 +171,37 @@ def test_learn_moves_only_the_chosen_parameters(fp, splits, x, learn):
     assert all(p.requires_grad for p in m.parameters())
 
 
-def test_smoothed_ptq_is_the_ptq_of_the_smoothed_network(fp, x):
+def test_smoothed_ptq_is_the_ptq_of_the_smoothed_network(fp, x, monkeypatch):
     """The smoothed PTQ at 8/8 bits keeps FP's outputs about as well as the unsmoothed one, it is
     the PTQ (GPTQ weights, calibrated steps) of the smoothed network, and one alpha per smoothed
     group is returned, each in [0, 1]. Mode "shared" (its groups include "bn"'s); the modes'
-    smoothing itself is tested in test_smoothquant/test_fold."""
+    smoothing itself is tested in test_smoothquant/test_fold. The real gptq_init runs once for
+    the smoothed network (recorded, not replaced) and once for the plain one."""
     from qlib import fold, smoothquant
     s = QATSettings(w_bits=8, a_bits=8, keep_8bit=("conv1", "fc"))
-    for mode in ["shared"]:
-        m, alphas = lsq.smoothed_ptq(fp, s, x, mode=mode)
-        assert set(alphas) == {g.key for g in fold.scalable_layers(fp, mode)}
-        assert all(0 <= a <= 1 for a in alphas.values())
-        smooth = smoothquant.apply(fp, smoothquant.search(fp, x, smoothquant.SmoothSettings(alpha=alphas, mode=mode)))
-        again = lsq.lsq_model(smooth, s, init_model=lsq.gptq_init(smooth, 8, x), calib_x=x).state_dict()
-        assert all(torch.equal(v, again[k]) for k, v in m.state_dict().items())  # the PTQ of the smoothed network
-        with torch.no_grad():
-            ref = quant.fold_batchnorm(fp)(x)
-            plain = lsq.lsq_model(fp, s, init_model=lsq.gptq_init(fp, 8, x), calib_x=x)(x)
-            err, err0 = ((m(x) - ref).norm() / ref.norm()).item(), ((plain - ref).norm() / ref.norm()).item()
-        assert err < 0.05 and err < 2 * err0 + 1e-3, (mode, err, err0)
+    calls, real_init = [], lsq.gptq_init
+    def spy(model_fp, w_bits, calib_x, keep_8bit=("conv1", "fc")):
+        init = real_init(model_fp, w_bits, calib_x, keep_8bit)
+        calls.append((model_fp, w_bits, calib_x, tuple(keep_8bit), init))
+        return init
+    monkeypatch.setattr(lsq, "gptq_init", spy)
+    mode = "shared"
+    m, alphas = lsq.smoothed_ptq(fp, s, x, mode=mode)
+    assert set(alphas) == {g.key for g in fold.scalable_layers(fp, mode)}
+    assert all(0 <= a <= 1 for a in alphas.values())
+    smooth = smoothquant.apply(fp, smoothquant.search(fp, x, smoothquant.SmoothSettings(alpha=alphas, mode=mode)))
+    assert len(calls) == 1
+    given, w_bits, cx, keep, init = calls[0]
+    assert (w_bits, keep) == (8, ("conv1", "fc")) and torch.equal(cx, x)
+    sd = smooth.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in given.state_dict().items())  # GPTQ saw the smoothed network
+    again = lsq.lsq_model(smooth, s, init_model=init, calib_x=x).state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in m.state_dict().items())  # the PTQ of the smoothed network
+    with torch.no_grad():
+        ref = quant.fold_batchnorm(fp)(x)
+        plain = lsq.lsq_model(fp, s, init_model=real_init(fp, 8, x), calib_x=x)(x)
+        err, err0 = ((m(x) - ref).norm() / ref.norm()).item(), ((plain - ref).norm() / ref.norm()).item()
+    assert err < 0.05 and err < 2 * err0 + 1e-3, (mode, err, err0)
     with pytest.raises(ValueError, match="a_bits set"):
         lsq.smoothed_ptq(fp, QATSettings(w_bits=4, a_bits=None), x)
 
