@@ -41,9 +41,11 @@ def missing(folder: Path, results_folder: Path) -> dict:
     the files until the chapters run again."""
     import json
 
+    from .results import chapter_files
+
     have = set(discover(Path(folder)))
     named: dict = {}
-    for p in sorted(Path(results_folder).glob("[0-9][0-9]_*.json")):
+    for p in chapter_files(results_folder):
         for row in json.loads(p.read_text()):
             v = row.get("variant_file") if isinstance(row, dict) else None
             if v and v not in have:
@@ -121,14 +123,15 @@ def main(argv=None) -> int:
         return 2
     from .results import results_dir, write_json
 
-    absent = missing(Path(a.variants), results_dir(cfg))
+    recorded = results_dir(cfg)
+    absent = missing(Path(a.variants), recorded)
     if absent:
         by = ", ".join(f"{v} ({'/'.join(chs)})" for v, chs in absent.items())
-        print(f"note: {len(absent)} variant(s) recorded in {results_dir(cfg)} have no file in {a.variants} "
+        print(f"note: {len(absent)} variant(s) recorded in {recorded} have no file in {a.variants} "
               f"and are not timed: {by}. Run those chapters (make book) to save them.", file=sys.stderr)
     print(format_table(res))
 
-    out = write_json(res, Path(a.out) if a.out else results_dir(cfg) / "bench.json")
+    out = write_json(res, Path(a.out) if a.out else recorded / "bench.json")
     print(f"wrote {out}")
     return 0
 

@@ -83,12 +83,18 @@ def load(chapter: str, cfg=None) -> list:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def chapter_files(folder) -> list:
+    """The chapters' row files in a results folder (``NN_name.json``; not ``bench.json``), in
+    chapter order."""
+    return sorted(Path(folder).glob("[0-9][0-9]_*.json"))
+
+
 def table(cfg=None):
     """Every recorded row of every chapter as a pandas DataFrame (one row per variant)."""
     import pandas as pd
 
     rows = []
-    for p in sorted(results_dir(cfg).glob("[0-9][0-9]_*.json")):  # chapter row files, not bench.json
+    for p in chapter_files(results_dir(cfg)):
         rows.extend(json.loads(p.read_text()))
     df = pd.DataFrame(rows)
     return df

@@ -1,4 +1,6 @@
 """qlib.bench: the benchmark of every saved variant."""
+import json
+
 import pytest
 import torch
 
@@ -22,7 +24,6 @@ def test_run_rejects_an_empty_folder_and_bad_settings(tmp_path):
 
 
 def test_missing_names_the_recorded_variants_without_a_file(tmp_path):
-    import json
     (tmp_path / "v").mkdir()
     (tmp_path / "r").mkdir()
     export.save(models.resnet18(29), tmp_path / "v" / "gptq_w4.safetensors")
@@ -34,7 +35,6 @@ def test_missing_names_the_recorded_variants_without_a_file(tmp_path):
 
 
 def test_command_line_says_which_recorded_variants_it_cannot_time(tmp_path, monkeypatch, capsys):
-    import json
     monkeypatch.setenv("QLIB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("QLIB_SMOKE", "1")
     monkeypatch.delenv("QLIB_RESULTS", raising=False)
