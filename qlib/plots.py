@@ -466,14 +466,20 @@ def qat_curves(curves: dict, starts: dict | None = None, title: str = "QAT train
 
 
 def recovery_curves(curves: dict, draws: dict | None = None, target: float = 0.5,
-                    budget_min: float | None = None,
+                    budget_min: float | None = None, band: tuple | None = None,
                     title: str = "Recovery of PTQ's agreement loss against training time"):
     """``curves``: label -> rows of ``lsq.lsq_curve`` (step 0 = the PTQ model; ``train_seconds``,
     ``agreement``, ``kl``, ``recovered``). Left: the share of PTQ's agreement loss won back
     (``measure.recovery``) against minutes of training, with the ``target`` share dashed and
     ``draws`` (label -> list of ``(minutes, recovery)``: short runs with other seeds) as open
-    markers. Right: KL to FP relative to PTQ's. ``budget_min`` draws the time limit."""
+    markers. Right: KL to FP relative to PTQ's. ``budget_min`` draws the time limit. ``band``
+    ``(label, low, high)``: a range of recoveries shaded across the left panel (a null: what
+    untrained changes of the same size reach)."""
+    if band is not None and not (len(band) == 3 and band[1] <= band[2]):
+        raise ValueError(f"band={band!r}: expected (label, low, high) with low <= high")
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if band is not None:
+        a.axhspan(band[1] * 100, band[2] * 100, color="gray", alpha=0.18, lw=0, label=band[0])
     for i, (label, rows) in enumerate(curves.items()):
         color = plt.cm.tab10(i % 10)
         a0, k0 = rows[0]["agreement"], rows[0]["kl"]

@@ -132,3 +132,22 @@ def test_header_names_the_commit_and_the_machine(tmp_path):
     # a chapter's times belong to the machine it ran on
     assert f"{torch.backends.cpu.get_cpu_capability()} kernels · {torch.get_num_threads()} threads" in text
     assert f"PyTorch {torch.__version__}" in text
+
+
+def _curve(recovered):  # rows of lsq.lsq_curve: one measurement a minute
+    return [{"train_seconds": 60.0 * i, "agreement": 0.97 + 0.03 * r, "kl": 0.01, "recovered": r}
+            for i, r in enumerate(recovered)]
+
+
+def test_recovery_curves_shades_the_null_band_in_percent_and_names_it():
+    fig = plots.recovery_curves({"W4A4": _curve([0.0, -0.1, -0.2])}, band=("random moves", -0.21, 0.08))
+    a = fig.axes[0]
+    (span,) = [p for p in a.patches if p.get_label() == "random moves"]
+    assert (span.get_y(), span.get_y() + span.get_height()) == pytest.approx((-21.0, 8.0))  # % of the loss, like the curves
+    assert "random moves" in [t.get_text() for t in a.get_legend().get_texts()]
+
+
+@pytest.mark.parametrize("band", [("null", 0.1, -0.1), ("null", 0.1), ("null",)])
+def test_recovery_curves_bad_band_is_a_clear_error(band):
+    with pytest.raises(ValueError, match="band="):
+        plots.recovery_curves({"W4A4": _curve([0.0, 0.1])}, band=band)
