@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from . import measure
 from .models import machine
 from .config import Config
@@ -53,6 +51,12 @@ def missing(folder: Path, results_folder: Path) -> dict:
                 if p.stem not in named[v]:
                     named[v].append(p.stem)
     return named
+
+
+def describe_missing(absent: dict, code: bool = False) -> str:
+    """``missing``'s answer as a reader reads it: ``variant (chapter/chapter), ...``; ``code``
+    sets the variant names in Markdown code."""
+    return ", ".join(f"{f'`{v}`' if code else v} ({'/'.join(chs)})" for v, chs in absent.items())
 
 
 def load_runnable(files: dict):
@@ -93,7 +97,7 @@ def run(folder, batch_size: int = 64, threads: int = 2, image_size: int = 64, ro
             "speedup_vs_fp32": (fp_med / st["ms_per_batch"]) if fp_med else None,
         })
     return {"batch_size": batch_size, "threads": threads, "image_size": image_size, "rounds": rounds,
-            "torch": torch.__version__, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),  # machine() names the PyTorch version
             "rows": rows}
 
 
@@ -126,9 +130,8 @@ def main(argv=None) -> int:
     recorded = results_dir(cfg)
     absent = missing(Path(a.variants), recorded)
     if absent:
-        by = ", ".join(f"{v} ({'/'.join(chs)})" for v, chs in absent.items())
         print(f"note: {len(absent)} variant(s) recorded in {recorded} have no file in {a.variants} "
-              f"and are not timed: {by}. Run those chapters (make book) to save them.", file=sys.stderr)
+              f"and are not timed: {describe_missing(absent)}. Run those chapters (make book) to save them.", file=sys.stderr)
     print(format_table(res))
 
     out = write_json(res, Path(a.out) if a.out else recorded / "bench.json")

@@ -477,7 +477,7 @@ def recovery_curves(curves: dict, draws: dict | None = None, target: float = 0.5
     untrained changes of the same size reach)."""
     if band is not None and not (len(band) == 3 and band[1] <= band[2]):
         raise ValueError(f"band={band!r}: expected (label, low, high) with low <= high")
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     if band is not None:
         a.axhspan(band[1] * 100, band[2] * 100, color="gray", alpha=0.18, lw=0, label=band[0])
     for i, (label, rows) in enumerate(curves.items()):
@@ -486,7 +486,7 @@ def recovery_curves(curves: dict, draws: dict | None = None, target: float = 0.5
         mins = [r["train_seconds"] / 60 for r in rows]
         rec = [r["recovered"] * 100 for r in rows]
         a.plot(mins, rec, marker="o", color=color, label=f"{label} (PTQ {a0:.2%})")
-        b.plot(mins, [r["kl"] / max(k0, 1e-12) for r in rows], marker="o", color=color, label=label)
+        b.plot(mins, [r["kl"] / max(k0, 1e-12) for r in rows], marker="o", color=color)
         for j, (m, r) in enumerate((draws or {}).get(label, [])):
             a.scatter([m], [r * 100], s=40, facecolors="none", edgecolors=[color], zorder=3,
                       label=f"{label}: short runs, one per seed" if j == 0 else None)
@@ -503,10 +503,13 @@ def recovery_curves(curves: dict, draws: dict | None = None, target: float = 0.5
     a.set_title("agreement with FP32 on the held-out images", fontsize=9)
     b.set_ylabel("KL to FP32 / PTQ's KL")
     b.set_title("KL to FP32 (1 = the PTQ start)", fontsize=9)
-    a.legend(fontsize=7)
-    b.legend(fontsize=7)
+    # One key for both panels (the curves share their colours), below them: inside a panel, a key
+    # of this length covers the target line and the curves. The figure grows by its rows.
+    handles, labels = a.get_legend_handles_labels()
+    ncol = min(len(labels), 2)
+    fig.set_figheight(3.6 + 0.22 * -(-len(labels) // ncol))
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 

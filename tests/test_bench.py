@@ -31,7 +31,10 @@ def test_missing_names_the_recorded_variants_without_a_file(tmp_path):
         [{"variant_file": "gptq_w4"}, {"variant_file": "gptq_w2"}, {"variant_file": None}, {"method": "rtn"}]))
     (tmp_path / "r" / "07_qat.json").write_text(json.dumps([{"variant_file": "gptq_w2"}, {"variant_file": "lsq_w4a4"}]))
     (tmp_path / "r" / "bench.json").write_text(json.dumps({"rows": [{"variant_file": "not_a_chapter"}]}))
-    assert bench.missing(tmp_path / "v", tmp_path / "r") == {"gptq_w2": ["04_gptq", "07_qat"], "lsq_w4a4": ["07_qat"]}
+    absent = bench.missing(tmp_path / "v", tmp_path / "r")
+    assert absent == {"gptq_w2": ["04_gptq", "07_qat"], "lsq_w4a4": ["07_qat"]}
+    assert bench.describe_missing(absent) == "gptq_w2 (04_gptq/07_qat), lsq_w4a4 (07_qat)"
+    assert bench.describe_missing(absent, code=True) == "`gptq_w2` (04_gptq/07_qat), `lsq_w4a4` (07_qat)"
 
 
 def test_command_line_says_which_recorded_variants_it_cannot_time(tmp_path, monkeypatch, capsys):

@@ -144,7 +144,22 @@ def test_recovery_curves_shades_the_null_band_in_percent_and_names_it():
     a = fig.axes[0]
     (span,) = [p for p in a.patches if p.get_label() == "random moves"]
     assert (span.get_y(), span.get_y() + span.get_height()) == pytest.approx((-21.0, 8.0))  # % of the loss, like the curves
-    assert "random moves" in [t.get_text() for t in a.get_legend().get_texts()]
+    assert "random moves" in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_recovery_curves_key_covers_neither_panel():
+    # chapter 07's controls figure: six runs, a band and the target, seven to nine keys in all; inside a
+    # panel its key covered the target line and the curves
+    runs = {f"run {i}": _curve([0.0, -0.1 * i, 0.4, 0.1]) for i in range(6)}
+    fig = plots.recovery_curves(runs, draws={"run 0": [(0.8, -0.1), (0.9, 0.0)]}, budget_min=5.0,
+                                band=("random moves", -0.21, 0.08))
+    fig.canvas.draw()
+    (key,) = fig.legends
+    assert len(key.get_texts()) == 9 and all(ax.get_legend() is None for ax in fig.axes)
+    renderer = fig.canvas.get_renderer()
+    box = key.get_window_extent(renderer)
+    assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
+    assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)  # not cut off
 
 
 @pytest.mark.parametrize("band", [("null", 0.1, -0.1), ("null", 0.1), ("null",)])

@@ -69,8 +69,7 @@ else:
 untimed = bench.missing(vdir, results.results_dir(cfg))
 if untimed:
     display(Markdown(f"**Not timed:** {len(untimed)} variant(s) recorded by the chapters have no saved file here — "
-                     + ", ".join(f"`{v}` ({'/'.join(chs)})" for v, chs in untimed.items())
-                     + ". Their rows show the chapter's own timing and no speed-up; run those chapters again to time them here."))
+                     + bench.describe_missing(untimed, code=True) + ". Their rows show the chapter's own timing and no speed-up; run those chapters again to time them here."))
 """),
 code("""
 # the benchmark's timings replace each chapter's own (same run, same protocol); the FP32 row
