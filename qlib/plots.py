@@ -357,10 +357,21 @@ def _marker_boxes(ax, collections) -> list:
     return boxes
 
 
+def _key_below(fig, ax, ncol: int) -> None:
+    """Draw ``ax``'s key for the whole figure, below its panels, in at most ``ncol`` columns
+    (``fig`` uses constrained layout, which makes room for it); the figure grows by the key's
+    rows, so the panels keep their height."""
+    handles, labels = ax.get_legend_handles_labels()
+    ncol = max(1, min(len(labels), ncol))
+    fig.set_figheight(fig.get_figheight() + 0.22 * -(-len(labels) // ncol))
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=7)
+
+
 def _spread_labels(ax, texts, x, y, expand, markers=()) -> None:
     """Move ``texts`` off the points ``(x, y)``, off the drawn ``markers`` (scatters) and off
-    each other (adjustText), each tied to where it started by a thin line. Call it after
-    ``tight_layout``: it works in display space. The markers push harder than adjustText's
+    each other (adjustText), each tied to where it started by a thin line. Call it once the
+    figure's layout is final (after ``tight_layout``, or a draw that fixes a constrained
+    layout): it works in display space. The markers push harder than adjustText's
     default and a label may travel as far as it must: with the defaults, labels beside a large
     marker stayed on it. Further passes (at most two) run while a label still covers a marker."""
     boxes = _marker_boxes(ax, markers)
@@ -503,12 +514,9 @@ def recovery_curves(curves: dict, draws: dict | None = None, target: float = 0.5
     a.set_title("agreement with FP32 on the held-out images", fontsize=9)
     b.set_ylabel("KL to FP32 / PTQ's KL")
     b.set_title("KL to FP32 (1 = the PTQ start)", fontsize=9)
-    # One key for both panels (the curves share their colours), below them: inside a panel, a key
-    # of this length covers the target line and the curves. The figure grows by its rows.
-    handles, labels = a.get_legend_handles_labels()
-    ncol = min(len(labels), 2)
-    fig.set_figheight(3.6 + 0.22 * -(-len(labels) // ncol))
-    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=7)
+    # One key for both panels (the curves share their colours): inside a panel, a key of this
+    # length covers the target line and the curves.
+    _key_below(fig, a, ncol=2)
     fig.suptitle(title)
     return fig
 
@@ -617,7 +625,7 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     spread each config would need to win back half of PTQ's loss (``sd_needed``: {label: sd}),
     as dashed lines named in the key below the panels. Right: the disagreements the spread
     predicts against those measured, with the diagonal."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
     colors = {}
     for w, d in df.groupby("w_bits", sort=True):
         colors[w] = f"C{len(colors)}"
@@ -646,10 +654,9 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     b.set_ylabel("predicted from the spread alone")
     b.legend(fontsize=7, loc="upper left")
     fig.suptitle(title, fontsize=10, fontweight="bold")
-    handles, labels = a.get_legend_handles_labels()  # the left panel's key below the panels: it hides no point or line
-    rows = -(-len(labels) // 4)
-    fig.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.02, 0.0), ncol=4, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.05 * rows, 1, 1))
+    _key_below(fig, a, ncol=4)  # the left panel's key: inside it, it hid points and lines
+    fig.draw_without_rendering()  # the layout is final before the labels are placed in display space
+    fig.set_layout_engine("none")
     _spread_labels(b, texts, df.disagreements.to_numpy(), df.predicted.to_numpy(), expand=(1.3, 1.6),  # the W2 cluster
                    markers=marks)
     return fig

@@ -73,6 +73,24 @@ def test_noise_and_flips_names_every_target_line():
     matplotlib.pyplot.close(fig)
 
 
+def test_noise_and_flips_key_covers_neither_panel():
+    df = _noise_df()
+    fig = plots.noise_and_flips(df, {"W8A4: half of PTQ's loss": 0.215, "W4A4: half of PTQ's loss": 0.214})
+    (key,) = fig.legends
+    assert len(key.get_texts()) == 3 * 2 + 2  # PTQ line and LSQ star per weight width, two targets
+    _assert_key_clear(fig, key)
+    matplotlib.pyplot.close(fig)
+
+
+def _assert_key_clear(fig, key):
+    """``key`` (a figure legend) overlaps no panel and lies inside the figure (is not cut off)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = key.get_window_extent(renderer)
+    assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
+    assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
+
+
 def _hist(loss):
     return {"steps": [15] * len(loss), "train_loss": loss, "val_acc": [0.9] * len(loss)}
 
@@ -153,13 +171,9 @@ def test_recovery_curves_key_covers_neither_panel():
     runs = {f"run {i}": _curve([0.0, -0.1 * i, 0.4, 0.1]) for i in range(6)}
     fig = plots.recovery_curves(runs, draws={"run 0": [(0.8, -0.1), (0.9, 0.0)]}, budget_min=5.0,
                                 band=("random moves", -0.21, 0.08))
-    fig.canvas.draw()
     (key,) = fig.legends
     assert len(key.get_texts()) == 9 and all(ax.get_legend() is None for ax in fig.axes)
-    renderer = fig.canvas.get_renderer()
-    box = key.get_window_extent(renderer)
-    assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
-    assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)  # not cut off
+    _assert_key_clear(fig, key)
 
 
 @pytest.mark.parametrize("band", [("null", 0.1, -0.1), ("null", 0.1), ("null",)])

@@ -265,6 +265,8 @@ code("""
 lsq_recipe = qat.QATSettings(epochs=lsq_epochs, lr=lsq_lr, step_lr=lsq_step_lr, optimizer="adam", max_steps=lsq_steps,
                              distill=distill, mixup=mixup, keep_8bit=tuple(lsq_keep_8bit), seed=cfg.seed)
 low, curves, starts, lsq_models, ptq_models, fid_logits = [], {}, {}, {}, {}, {}
+def int8_pair(g, m, x):  # on the int8 engine, both calibrated on x: GPTQ's PTQ model, then the LSQ fine-tune
+    return ref.row(int8.convert(g, x, "histogram")), ref.row(lsq.to_int8(m, x))
 for c in lsq_configs:
     w, a = lsq.parse_config(c)
     s = replace(lsq_recipe, w_bits=w, a_bits=a)
@@ -283,10 +285,9 @@ for c in lsq_configs:
                 "size_mb": measure.saved_size_mb(lsq.export_model(m))})
     lsq_models[c] = m
     if a == 8:
-        low.append({"config": c, "kind": "PTQ", "engine": "int8", **ref.row(int8.convert(gq[w], calib_x, "histogram")),
-                    "seconds": gptq_s[w], "size_mb": low[-2]["size_mb"]})
-        low.append({"config": c, "kind": "QAT", "engine": "int8", **ref.row(lsq.to_int8(m, calib_x)),
-                    "seconds": low[-2]["seconds"], "size_mb": low[-2]["size_mb"]})
+        p8, q8 = int8_pair(gq[w], m, calib_x)
+        low.append({"config": c, "kind": "PTQ", "engine": "int8", **p8, "seconds": gptq_s[w], "size_mb": low[-2]["size_mb"]})
+        low.append({"config": c, "kind": "QAT", "engine": "int8", **q8, "seconds": low[-2]["seconds"], "size_mb": low[-2]["size_mb"]})
 lowdf = pd.DataFrame(low)
 display(lowdf[["config", "kind", "engine", "accuracy", "agreement", "kl", "size_mb", "seconds"]].round(4))
 """),
@@ -461,8 +462,8 @@ if "W2A8" in lsq_configs:
         g_k = lsq.gptq_init(fp, 2, x_k, tuple(lsq_keep_8bit))
         m_k, _ = lsq.lsq_train(fp, splits, replace(lsq_recipe, w_bits=2, a_bits=8, seed=cfg.seed + k), init_model=g_k,
                                calib_x=x_k, progress=False, validate=False)
-        w2a8_rows.append({"calibration seed": cfg.seed + k, "GPTQ": ref.row(int8.convert(g_k, x_k, "histogram"))["agreement"],
-                          "LSQ": ref.row(lsq.to_int8(m_k, x_k))["agreement"]})
+        p8, q8 = int8_pair(g_k, m_k, x_k)
+        w2a8_rows.append({"calibration seed": cfg.seed + k, "GPTQ": p8["agreement"], "LSQ": q8["agreement"]})
 w2a8_draws = pd.DataFrame(w2a8_rows, columns=["calibration seed", "GPTQ", "LSQ"])
 n_fid_all = ref.fp["n_fidelity"]
 w2a8_draws["LSQ − GPTQ (images)"] = ((w2a8_draws["LSQ"] - w2a8_draws["GPTQ"]) * n_fid_all).round().astype(int)
@@ -470,9 +471,10 @@ if len(w2a8_draws):
     display(w2a8_draws.style.hide(axis="index").format({"GPTQ": "{:.2%}", "LSQ": "{:.2%}"}).set_caption(
         f"W2A8 on the int8 engine: agreement with FP32 on {n_fid_all:,} held-out images, per calibration sample"))
     w2a8_diff = w2a8_draws["LSQ − GPTQ (images)"]
+    w2a8_mean, w2a8_range = w2a8_diff.mean(), f"{w2a8_diff.min():+d} to {w2a8_diff.max():+d}"   # the target line reads them too
     g_moves = round((w2a8_draws["GPTQ"].max() - w2a8_draws["GPTQ"].min()) * n_fid_all)
     display(Markdown(
-        f"Over {len(w2a8_diff)} calibration samples LSQ − GPTQ is **{w2a8_diff.mean():+.1f} images** on average ({w2a8_diff.min():+d} to {w2a8_diff.max():+d}); "
+        f"Over {len(w2a8_diff)} calibration samples LSQ − GPTQ is **{w2a8_mean:+.1f} images** on average ({w2a8_range}); "
         f"LSQ is at least as good as GPTQ on {int((w2a8_diff >= 0).sum())} of them. GPTQ alone moves by {g_moves} images between "
         f"samples, LSQ by {round((w2a8_draws['LSQ'].max() - w2a8_draws['LSQ'].min()) * n_fid_all)}."))
 """),
@@ -975,10 +977,10 @@ for c, (p, q, r) in rec.items():
         (f" (best of its runs and checkpoints: {best:+.0%})" if best > r else ""))
 if w2a8:
     p, q, _ = recovery("W2A8", "int8")
-    n, d = ref.fp["n_fidelity"], w2a8_draws["LSQ − GPTQ (images)"]
+    n = ref.fp["n_fidelity"]
     msg.append(f"W2A8 on the int8 engine: LSQ {q:.2%} vs GPTQ {p:.2%} agreement ({round((q - p) * n):+d} of {n:,} images); "
-               f"over {len(d)} calibration samples LSQ − GPTQ averages {d.mean():+.1f} images ({d.min():+d} to {d.max():+d}) — "
-               f"{'meets' if d.mean() >= 0 else 'misses'} the target of at least as good, on average")
+               f"over {len(w2a8_diff)} calibration samples LSQ − GPTQ averages {w2a8_mean:+.1f} images ({w2a8_range}) — "
+               f"{'meets' if w2a8_mean >= 0 else 'misses'} the target of at least as good, on average")
 msg.append(f"{held_config} distilled on half of the validation tracks (a test, not a result): {r_t:.0%} of the loss recovered on the test split")
 display(Markdown("**Targets (measured):** " + "; ".join(msg) + f". Chapter time: {(time.time() - t_chapter) / 60:.1f} min."))
 answer = (f"**When is QAT worth it here?** At 8 bits it buys nothing: PTQ is within noise of FP32. With low-bit weights or "
