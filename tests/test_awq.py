@@ -8,36 +8,19 @@ import torch
 
 from qlib import awq, calib, export, gptq, quant, rtn
 from qlib.awq import AWQSettings
-from qlib.models import resnet18
 from qlib.quant import QuantSettings
+from tiny import random_resnet, rel_err, x_batch
 
 torch.set_num_threads(1)  # 2 shared cores: threads only add contention at these sizes
 
 
-def random_resnet(seed=0):
-    """A small random ResNet-18 (29 classes) with non-trivial BN statistics, in eval mode."""
-    torch.manual_seed(seed)
-    m = resnet18(29)
-    g = torch.Generator().manual_seed(seed)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            n = mod.num_features
-            mod.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-            mod.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
-            mod.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            mod.bias.data.copy_(torch.randn(n, generator=g) * 0.3)
-    with torch.no_grad():  # a few strong input channels, as AWQ expects in trained models
+def strong_channel_resnet():
+    """``random_resnet()`` with a few strong input channels, as AWQ expects in trained models."""
+    m = random_resnet()
+    with torch.no_grad():
         m.layer1[0].bn1.weight[[1, 7, 30]] *= 8
         m.layer3[1].bn1.bias[[5, 9]] += 3
-    return m.eval()
-
-
-def x_batch(seed=1):
-    return torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / b.norm())
+    return m
 
 
 W3 = AWQSettings(quant=QuantSettings(bits=3), n_grid=10, n_clip=8)
@@ -45,7 +28,7 @@ W3 = AWQSettings(quant=QuantSettings(bits=3), n_grid=10, n_clip=8)
 
 @pytest.fixture(scope="module")
 def model():
-    return random_resnet()
+    return strong_channel_resnet()
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +79,7 @@ def test_chosen_alpha_never_worse_than_rtn(results):
 @pytest.mark.parametrize("mode", ["bn", "shared"])
 def test_clipping_never_increases_error(results, mode):
     r = results[mode]
-    assert set(r.final_error) == set(calib.layer_names(random_resnet()))
+    assert set(r.final_error) == set(calib.layer_names(strong_channel_resnet()))
     for n in r.layers:
         assert r.final_error[n] <= r.scaled_error[n], n
         assert r.clip_curve[n][0] == pytest.approx(r.scaled_error[n], rel=1e-9)

@@ -8,35 +8,21 @@ import torch
 from safetensors.torch import save_file
 
 from qlib import export, quant
-from qlib.models import resnet18
 from qlib.quant import QuantSettings
+from tiny import random_resnet
 
 NUM_CLASSES = 29
 SIZE_TARGETS_MB = {8: 11.5, 4: 6.0, 3: 4.6}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """On the shared 2-core machine torch's OpenMP threads spin against other processes
-    (a ResNet-18 forward: ~0.6 s CPU with 2 threads, ~0.02 s with 1)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# On the shared 2-core machine torch's OpenMP threads spin against other processes (a ResNet-18
+# forward: ~0.6 s CPU with 2 threads, ~0.02 s with 1).
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def base():
-    """A random-init ResNet-18 with non-trivial BN statistics, in eval mode."""
-    torch.manual_seed(0)
-    model = resnet18(NUM_CLASSES)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.1, 0.1)
-    return model.eval()
+    return random_resnet(NUM_CLASSES, spread="narrow")
 
 
 @pytest.fixture(scope="module")

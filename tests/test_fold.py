@@ -3,31 +3,9 @@ import pytest
 import torch
 
 from qlib import fold, quant
-from qlib.models import resnet18
+from tiny import random_resnet, rel_err, x_batch
 
 torch.set_num_threads(1)  # 2 shared cores: threads only add contention at these sizes
-
-
-def random_resnet(seed=0):
-    torch.manual_seed(seed)
-    m = resnet18(29)
-    g = torch.Generator().manual_seed(seed)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            n = mod.num_features
-            mod.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-            mod.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
-            mod.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            mod.bias.data.copy_(torch.randn(n, generator=g) * 0.3)
-    return m.eval()
-
-
-def x_batch(seed=1):
-    return torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def random_scales(groups, seed=2):

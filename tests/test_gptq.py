@@ -9,19 +9,14 @@ from torch import nn
 
 from qlib import calib, export, gptq, quant
 from qlib.gptq import GPTQ, GPTQSettings
-from qlib.models import resnet18
 from qlib.quant import QuantSettings
+from tiny import random_resnet
 
 NUM_CLASSES = 29
 KEEP = ("conv1", "fc")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _gen(seed):
@@ -232,17 +227,7 @@ def test_empty_calibration_set_and_bad_groups():
 
 @pytest.fixture(scope="module")
 def base():
-    torch.manual_seed(0)
-    m = resnet18(NUM_CLASSES)
-    g = _gen(0)
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            n = mod.num_features
-            mod.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-            mod.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            mod.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            mod.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
-    return m.eval()
+    return random_resnet(NUM_CLASSES, spread="narrow")
 
 
 @pytest.fixture(scope="module")

@@ -6,20 +6,13 @@ import torch
 from hypothesis import given, settings as hsettings, strategies as st
 
 from qlib import quant
-from qlib.models import resnet18
 from qlib.quant import QuantSettings
+from tiny import random_resnet
 
 HYP = hsettings(max_examples=40, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """On the shared 2-core machine torch's OpenMP threads spin against other processes
-    (a ResNet-18 forward: ~0.6 s CPU with 2 threads, ~0.02 s with 1)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: threads only add contention at these sizes
 
 
 def _divisors(n):
@@ -232,15 +225,7 @@ def test_ste_gradient_one_inside_zero_outside():
 
 
 def test_fold_batchnorm_preserves_outputs():
-    torch.manual_seed(0)
-    model = resnet18(29)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    model.eval()
+    model = random_resnet()
     folded = quant.fold_batchnorm(model).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

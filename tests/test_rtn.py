@@ -4,33 +4,18 @@ import torch
 from torch import nn
 
 from qlib import calib, export, quant, rtn
-from qlib.models import resnet18
 from qlib.quant import QuantSettings
+from tiny import random_resnet
 
 NUM_CLASSES = 29
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def base():
-    torch.manual_seed(0)
-    m = resnet18(NUM_CLASSES)
-    g = torch.Generator().manual_seed(0)
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            n = mod.num_features
-            mod.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-            mod.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            mod.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            mod.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
-    return m.eval()
+    return random_resnet(NUM_CLASSES, spread="narrow")
 
 
 @pytest.fixture(scope="module")

@@ -6,32 +6,10 @@ import torch
 
 from qlib import calib as qcalib, fold, smoothquant as sq
 from qlib.smoothquant import SmoothSettings
-from qlib.models import resnet18
+from tiny import random_resnet, rel_err, x_batch
 
 torch.set_num_threads(1)  # 2 shared cores: threads only add contention at these sizes
 
-
-def random_resnet(seed=0):
-    """A small random ResNet-18 (29 classes) with non-trivial BN statistics, in eval mode."""
-    torch.manual_seed(seed)
-    m = resnet18(29)
-    g = torch.Generator().manual_seed(seed)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            n = mod.num_features
-            mod.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-            mod.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
-            mod.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            mod.bias.data.copy_(torch.randn(n, generator=g) * 0.3)
-    return m.eval()
-
-
-def x_batch(seed=1):
-    return torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / b.norm())
 
 OUTLIERS = [3, 17, 40]
 

@@ -1,13 +1,48 @@
-"""The tiny ResNet-18 and random images that the QAT and LSQ tests share (imported by
-test_qat.py and test_lsq.py as fixtures)."""
+"""What the unit tests share: random ResNet-18s with non-trivial BN (``random_resnet``), and
+the tiny ResNet-18 and random images of the QAT and LSQ tests (imported by test_qat.py and
+test_lsq.py as fixtures)."""
 import pytest
 import torch
+from torch import nn
 
 from qlib import data as qdata
 from qlib.models import resnet18
 
 NUM_CLASSES = 5
 FAST = dict(batch_size=16, max_steps=2, w_range="minmax")  # two optimizer steps of 16 images
+
+
+# BN statistics and affine parameters: means' sd, variances' low end and width, biases' sd
+# (scales are drawn from 0.5 to 1.5 in both)
+SPREADS = {"wide": (0.5, 0.2, 2.0, 0.3), "narrow": (0.2, 0.5, 1.0, 0.1)}
+
+
+def random_resnet(num_classes: int = 29, seed: int = 0, spread: str = "wide") -> nn.Module:
+    """A random-init ResNet-18 (weights from ``torch.manual_seed(seed)``) whose BN layers carry
+    non-trivial statistics, scales and biases (from their own generator, seeded ``seed``), so
+    that folding BN and quantizing folded weights are really tested; in eval mode."""
+    mean_sd, var_low, var_width, bias_sd = SPREADS[spread]
+    torch.manual_seed(seed)
+    m = resnet18(num_classes)
+    g = torch.Generator().manual_seed(seed)
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            n = mod.num_features
+            mod.running_mean.copy_(torch.randn(n, generator=g) * mean_sd)
+            mod.running_var.copy_(torch.rand(n, generator=g) * var_width + var_low)
+            mod.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            mod.bias.data.copy_(torch.randn(n, generator=g) * bias_sd)
+    return m.eval()
+
+
+def x_batch(seed: int = 1) -> torch.Tensor:
+    """Eight random 32x32 images (standard normal), from their own generator."""
+    return torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b||."""
+    return float((a - b).norm() / b.norm())
 
 
 def _split(n, seed):
@@ -25,13 +60,7 @@ def splits():
 
 @pytest.fixture(scope="module")
 def fp():
-    torch.manual_seed(0)
-    m = resnet18(NUM_CLASSES)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_var.uniform_(0.5, 2.0)
-            mod.weight.data.uniform_(0.5, 1.5)
-    return m.eval()
+    return random_resnet(NUM_CLASSES, spread="narrow")
 
 
 @pytest.fixture(scope="module")
