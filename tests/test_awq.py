@@ -77,9 +77,9 @@ def test_chosen_alpha_never_worse_than_rtn(results):
 
 
 @pytest.mark.parametrize("mode", ["bn", "shared"])
-def test_clipping_never_increases_error(results, mode):
+def test_clipping_never_increases_error(model, results, mode):
     r = results[mode]
-    assert set(r.final_error) == set(calib.layer_names(strong_channel_resnet()))
+    assert set(r.final_error) == set(calib.layer_names(model))
     for n in r.layers:
         assert r.final_error[n] <= r.scaled_error[n], n
         assert r.clip_curve[n][0] == pytest.approx(r.scaled_error[n], rel=1e-9)
