@@ -11,7 +11,7 @@ from qlib.awq import AWQSettings
 from qlib.quant import QuantSettings
 from tiny import random_resnet, rel_err, x_batch
 
-torch.set_num_threads(1)  # 2 shared cores: threads only add contention at these sizes
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: 2 shared cores, threads only add contention at these sizes
 
 
 def strong_channel_resnet():

@@ -5,7 +5,7 @@ import torch
 from qlib import fold, quant
 from tiny import random_resnet, rel_err, x_batch
 
-torch.set_num_threads(1)  # 2 shared cores: threads only add contention at these sizes
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: 2 shared cores, threads only add contention at these sizes
 
 
 def random_scales(groups, seed=2):

@@ -8,7 +8,7 @@ from qlib import calib as qcalib, fold, smoothquant as sq
 from qlib.smoothquant import SmoothSettings
 from tiny import random_resnet, rel_err, x_batch
 
-torch.set_num_threads(1)  # 2 shared cores: threads only add contention at these sizes
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: 2 shared cores, threads only add contention at these sizes
 
 
 OUTLIERS = [3, 17, 40]
