@@ -23,6 +23,11 @@ def _env_bool(value: str) -> bool:
     raise ValueError(f"QLIB_SMOKE={value!r}: expected one of 1/0, true/false, yes/no")
 
 
+class DataError(ValueError):
+    """The configured data source cannot be read: a missing folder, a malformed export, labels
+    out of range (raised by ``data`` and ``yolo``)."""
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything that decides what data a chapter sees and how the baseline is made.

@@ -1,7 +1,7 @@
 """The study's data: three sources behind one ``load(cfg)``, a leak-free split, a tensor cache.
 
 Sources (``Config.data``):
-- the path of a Roboflow YOLO export (the real data: "Traffic and Road Signs"),
+- the path of a Roboflow YOLO export (the real data: "Traffic and Road Signs"; read by :mod:`qlib.yolo`),
 - ``"gtsrb"``: the German Traffic Sign Recognition Benchmark through torchvision,
 - ``""`` / ``"synthetic"``: traffic signs drawn by :mod:`qlib.signs` (offline default).
 
@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
-import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,22 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config
+from . import yolo
+from .config import Config, DataError
 
 CACHE_VERSION = 1
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, so pretrained weights see what they expect
 STD = (0.229, 0.224, 0.225)
 SPLIT_NAMES = ("train", "val", "test")
 FRACTIONS = (0.70, 0.15, 0.15)
-BOX_MARGIN = 0.10  # of the box's longer side, on each side
-GTSRB_ID = re.compile(r"^(\d{5})_(\d{5})_(\d{5})")
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
 SMOKE_PER_CLASS = 30  # three synthetic tracks of ten frames per class
 SYNTHETIC_PER_CLASS = 350  # ~10,000 images, the size of the real export
-
-
-class DataError(ValueError):
-    """Bad input data: a missing folder, a malformed export, labels out of range."""
 
 
 @dataclass
@@ -94,166 +86,6 @@ def batches(split: Split, batch_size: int = 256, shuffle: bool = False, seed: in
     for i in range(0, n, batch_size):
         idx = order[i:i + batch_size]
         yield to_float(split.images[idx]), split.labels[idx]
-
-
-# --------------------------------------------------------------------------------------
-# Source 1: a Roboflow YOLO export
-# --------------------------------------------------------------------------------------
-
-def _export_folders(root: Path) -> dict:
-    """Map train/val/test to (images dir, labels dir) in either Roboflow layout."""
-    found = {}
-    for name in SPLIT_NAMES:
-        for alias in ((name, "valid") if name == "val" else (name,)):
-            for img, lab in ((root / "images" / alias, root / "labels" / alias),
-                             (root / alias / "images", root / alias / "labels")):
-                if img.is_dir() and name not in found:
-                    found[name] = (img, lab)
-    return found
-
-
-def read_yolo_meta(root) -> tuple:
-    """Read and check ``data.yaml``: returns (class names, {split: (images, labels)})."""
-    import yaml
-
-    root = Path(root)
-    if not root.exists():
-        raise DataError(f"data={str(root)!r}: no such folder. Expected the folder of a Roboflow "
-                        "YOLO export (with data.yaml), 'gtsrb', or 'synthetic'.")
-    if not root.is_dir():
-        raise DataError(f"data={str(root)!r}: is a file; expected the folder of a YOLO export")
-    meta_path = root / "data.yaml"
-    if not meta_path.is_file():
-        raise DataError(f"data={str(root)!r}: no data.yaml in this folder; expected a Roboflow "
-                        "YOLO export (data.yaml, images/<split>/, labels/<split>/)")
-    try:
-        meta = yaml.safe_load(meta_path.read_text())
-    except yaml.YAMLError as e:
-        raise DataError(f"{meta_path}: not valid YAML ({e})") from None
-    if not isinstance(meta, dict) or "names" not in meta:
-        raise DataError(f"{meta_path}: expected keys 'nc' and 'names'")
-    names = meta["names"]
-    if isinstance(names, dict):  # newer exports: {0: name, 1: name}
-        names = [names[k] for k in sorted(names)]
-    nc = meta.get("nc", len(names))
-    if not isinstance(names, list) or nc != len(names):
-        raise DataError(f"{meta_path}: nc={nc!r} does not match the {len(names)} entries of names")
-    folders = _export_folders(root)
-    if not folders:
-        raise DataError(f"data={str(root)!r}: found no split folder; expected images/train "
-                        "(+ labels/train) or train/images (+ train/labels)")
-    return [str(n) for n in names], folders
-
-
-def _read_label(path: Path, nc: int):
-    """The largest box of a YOLO label file as (class, cx, cy, w, h), or None if empty."""
-    best = None
-    for ln, line in enumerate(path.read_text().splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            cls = int(float(parts[0]))
-            cx, cy, w, h = (float(v) for v in parts[1:5])
-        except (ValueError, IndexError):
-            raise DataError(f"{path}:{ln}: expected 'class cx cy w h', got {line!r}") from None
-        if not 0 <= cls < nc:
-            raise DataError(f"{path}:{ln}: class id {cls} out of range 0..{nc - 1} (nc={nc})")
-        if best is None or w * h > best[3] * best[4]:
-            best = (cls, cx, cy, w, h)
-    return best
-
-
-def _crop_resize(path: Path, box, size: int, crop: bool) -> tuple:
-    """The image cropped to a square around its box (plus margin), resized: (uint8 HWC, (W, H))."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        W, H = im.size
-        if crop and box is not None:
-            _, cx, cy, w, h = box
-            side = max(w * W, h * H) * (1 + 2 * BOX_MARGIN)
-            # decode JPEGs at a reduced scale when the crop stays at least 2x the target size
-            im.draft("RGB", (max(size * 2 * W / side, 1), max(size * 2 * H / side, 1)))
-            s = im.size[0] / W
-            x0, y0 = (cx * W - side / 2) * s, (cy * H - side / 2) * s
-            im = im.convert("RGB").crop((round(x0), round(y0), round(x0 + side * s), round(y0 + side * s)))
-        else:
-            im.draft("RGB", (size * 2, size * 2))
-            im = im.convert("RGB")
-        im = im.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
-        return np.asarray(im, dtype=np.uint8), (W, H)
-
-
-def _decode_yolo(root: Path, size: int, crop: bool) -> dict:
-    from PIL import UnidentifiedImageError
-    from tqdm.auto import tqdm
-
-    names, folders = read_yolo_meta(root)
-    items = []
-    for split, (img_dir, lab_dir) in folders.items():
-        for p in sorted(img_dir.iterdir()):
-            if p.suffix.lower() in IMAGE_EXT:
-                items.append((split, p, lab_dir / (p.stem + ".txt")))
-    images, labels, files, export_split, bad, unlabelled, boxes = [], [], [], [], [], [], []
-    for split, p, lab in tqdm(items, desc=f"decoding {root.name}", unit="img", mininterval=1):
-        box = _read_label(lab, len(names)) if lab.is_file() else None
-        if box is None:
-            unlabelled.append(p.name)
-            continue
-        try:
-            img, (W, H) = _crop_resize(p, box, size, crop)
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            bad.append(f"{p.name} ({type(e).__name__})")
-            continue
-        images.append(img)
-        labels.append(box[0])
-        files.append(p.name)
-        export_split.append(split)
-        boxes.append((W, H, box[3] * W, box[4] * H))
-    _report_skipped(bad, "could not be decoded", len(items))
-    _report_skipped(unlabelled, "have no label (no or empty .txt)", len(items))
-    if not images:
-        raise DataError(f"data={str(root)!r}: no labelled, decodable image found")
-    return dict(images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-                labels=torch.tensor(labels, dtype=torch.int64), files=files,
-                groups=[track_of(f) for f in files], export_split=export_split, classes=names,
-                # per image: original width, height, and the box's width, height in pixels
-                boxes=torch.tensor(boxes, dtype=torch.float32))
-
-
-def _report_skipped(names: list, what: str, total: int):
-    if not names:
-        return
-    if len(names) > max(10, 0.05 * total):
-        raise DataError(f"{len(names)} of {total} images {what}, e.g. {names[:5]}; "
-                        "is the export complete?")
-    warnings.warn(f"skipped {len(names)} image(s) that {what}: {names}", stacklevel=3)
-
-
-def track_of(filename: str) -> str:
-    """GTSRB track of an export file name ``CCCCC_TTTTT_FFFFF_png...`` -> 'CCCCC_TTTTT';
-    a file without a GTSRB id is its own group."""
-    m = GTSRB_ID.match(Path(filename).name)
-    return f"{m.group(1)}_{m.group(2)}" if m else "file:" + Path(filename).name.split(".rf.")[0]
-
-
-def _file_list_hash(root: Path) -> str:
-    h = hashlib.sha1()
-    for _, (img_dir, lab_dir) in sorted(_export_folders(root).items()):
-        for d in (img_dir, lab_dir):
-            if d.is_dir():
-                for p in sorted(d.iterdir()):
-                    h.update(f"{p.name}:{p.stat().st_size}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def describe_yolo(root: Path) -> str:
-    readme = root / "README.md"
-    if readme.is_file() and "Traffic and Road Signs" in readme.read_text():
-        return ('Roboflow Universe "Traffic and Road Signs" (usmanchaudhry622), version 1, '
-                "CC BY 4.0, YOLO export; images derived from GTSRB")
-    return f"Roboflow YOLO export '{root.name}'"
 
 
 # --------------------------------------------------------------------------------------
@@ -388,8 +220,8 @@ def _cache_key(cfg: Config) -> tuple:
     src = cfg.source
     if src == "yolo":
         root = Path(cfg.data).expanduser().resolve()
-        read_yolo_meta(root)  # fail early with a clear message
-        ident = {"source": "yolo", "files": _file_list_hash(root), "crop": cfg.crop}
+        yolo.read_meta(root)  # fail early with a clear message
+        ident = {"source": "yolo", "files": yolo.file_list_hash(root), "crop": cfg.crop}
     elif src == "gtsrb":
         ident = {"source": "gtsrb"}
     else:
@@ -411,7 +243,7 @@ def _decode(cfg: Config) -> dict:
         except Exception as e:  # a truncated or foreign file: rebuild, never use it
             print(f"cache {path.name} is unreadable ({type(e).__name__}); rebuilding it")
     if ident["source"] == "yolo":
-        blob = _decode_yolo(Path(cfg.data).expanduser().resolve(), cfg.image_size, cfg.crop)
+        blob = yolo.decode(Path(cfg.data).expanduser().resolve(), cfg.image_size, cfg.crop)
     elif ident["source"] == "gtsrb":
         blob = _decode_gtsrb(cfg)
     else:
@@ -464,7 +296,7 @@ def load(cfg: Config) -> Splits:
         parts[name] = Split(images[idx], labels[idx], [groups[i] for i in idx], [blob["files"][i] for i in idx],
                             blob["boxes"][idx] if blob.get("boxes") is not None else None)
     if cfg.source == "yolo":
-        source = describe_yolo(Path(cfg.data).expanduser().resolve())
+        source = yolo.describe(Path(cfg.data).expanduser().resolve())
     elif cfg.source == "gtsrb":
         source = "GTSRB (German Traffic Sign Recognition Benchmark), via torchvision"
     else:

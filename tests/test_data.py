@@ -9,6 +9,7 @@ from PIL import Image
 
 from qlib import Config
 from qlib import data as qdata
+from qlib import yolo
 
 NAMES = ["alpha", "beta", "gamma"]
 
@@ -122,8 +123,8 @@ def test_halves_are_track_disjoint_stratified_and_cover_the_split():
 
 
 def test_track_of():
-    assert qdata.track_of("00012_00003_00029_png_jpg.rf.ab.jpg") == "00012_00003"
-    assert qdata.track_of("13_png_jpg.rf.c2.jpg") == "file:13_png_jpg"
+    assert yolo.track_of("00012_00003_00029_png_jpg.rf.ab.jpg") == "00012_00003"
+    assert yolo.track_of("13_png_jpg.rf.c2.jpg") == "file:13_png_jpg"
 
 
 def test_cache_is_reused_and_survives_a_corrupt_file(tmp_path, capsys):
