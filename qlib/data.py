@@ -127,10 +127,10 @@ def _decode_gtsrb(cfg: Config) -> dict:
 # --------------------------------------------------------------------------------------
 
 def _decode_synthetic(cfg: Config) -> dict:
-    from . import signs
+    from . import scenes, signs
 
     n = SMOKE_PER_CLASS if cfg.smoke else SYNTHETIC_PER_CLASS
-    imgs, labels, groups = signs.generate(n, size=cfg.image_size, seed=cfg.seed)
+    imgs, labels, groups = scenes.generate(n, size=cfg.image_size, seed=cfg.seed)
     return dict(images=torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(),
                 labels=torch.as_tensor(labels, dtype=torch.int64),
                 files=[f"{g}_{i:05d}" for i, g in enumerate(groups)], groups=list(groups),

@@ -4,14 +4,14 @@ import re
 import numpy as np
 import pytest
 
-from qlib import signs
+from qlib import scenes, signs
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
 def data():
-    return signs.generate(12, size=SIZE, seed=0)  # two tracks per class: 10 + 2 frames
+    return scenes.generate(12, size=SIZE, seed=0)  # two tracks per class: 10 + 2 frames
 
 
 def test_class_names():
@@ -42,18 +42,18 @@ def test_image_statistics(data):
 
 
 def test_determinism():
-    a = signs.generate(2, size=16, seed=3)
-    b = signs.generate(2, size=16, seed=3)
-    c = signs.generate(2, size=16, seed=4)
+    a = scenes.generate(2, size=16, seed=3)
+    b = scenes.generate(2, size=16, seed=3)
+    c = scenes.generate(2, size=16, seed=4)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
     assert not np.array_equal(a[0], c[0])
 
 
 def test_frames_do_not_depend_on_how_many_are_asked():
-    short, _, _ = signs.generate(1, size=16, seed=5)
-    long, y, _ = signs.generate(3, size=16, seed=5)
+    short, _, _ = scenes.generate(1, size=16, seed=5)
+    long, y, _ = scenes.generate(3, size=16, seed=5)
     assert np.array_equal(short, long[::3])
-    assert np.array_equal(signs.variations(7, n=2, size=16, seed=5)[0], long[y == 7][0])
+    assert np.array_equal(scenes.variations(7, n=2, size=16, seed=5)[0], long[y == 7][0])
 
 
 def test_groups_are_tracks_of_one_class(data):
@@ -67,7 +67,7 @@ def test_groups_are_tracks_of_one_class(data):
         by_group.setdefault(g, set()).add(int(label))
     assert all(len(v) == 1 for v in by_group.values())
     sizes = sorted({groups.count(g) for g in by_group})
-    assert sizes == [2, signs.TRACK_LEN]
+    assert sizes == [2, scenes.TRACK_LEN]
     assert len(by_group) == 29 * 2
 
 
@@ -82,7 +82,7 @@ def test_frames_of_a_track_are_alike(data):
 
 
 def test_variations_and_clean():
-    v = signs.variations(20, n=3, size=SIZE, seed=1)
+    v = scenes.variations(20, n=3, size=SIZE, seed=1)
     assert v.shape == (3, SIZE, SIZE, 3) and v.dtype == np.uint8
     assert not np.array_equal(v[0], v[1])
     clean = [signs.render_clean(c, size=SIZE) for c in range(29)]
@@ -96,13 +96,13 @@ def test_variations_and_clean():
 
 
 @pytest.mark.parametrize("call, name, value", [
-    (lambda: signs.generate(0), "n_per_class", "0"),
-    (lambda: signs.generate(2, size=8), "size", "8"),
-    (lambda: signs.generate(2, size=16, seed=-1), "seed", "-1"),
-    (lambda: signs.generate(1.5), "n_per_class", "1.5"),
-    (lambda: signs.variations(29), "cls", "29"),
-    (lambda: signs.variations(-1), "cls", "-1"),
-    (lambda: signs.variations(0, n=0), "n", "0"),
+    (lambda: scenes.generate(0), "n_per_class", "0"),
+    (lambda: scenes.generate(2, size=8), "size", "8"),
+    (lambda: scenes.generate(2, size=16, seed=-1), "seed", "-1"),
+    (lambda: scenes.generate(1.5), "n_per_class", "1.5"),
+    (lambda: scenes.variations(29), "cls", "29"),
+    (lambda: scenes.variations(-1), "cls", "-1"),
+    (lambda: scenes.variations(0, n=0), "n", "0"),
     (lambda: signs.render_clean(3, size=15), "size", "15"),
     (lambda: signs.render_clean(True), "cls", "True"),
 ])
