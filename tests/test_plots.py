@@ -7,7 +7,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from qlib import plots  # noqa: E402
+from qlib import plots, plots_qat  # noqa: E402
 
 
 def _overlapping(fig, texts):
@@ -29,14 +29,14 @@ NOISE = [("W2A3 PTQ", .883, 134, 193), ("W2A4 PTQ", .720, 130, 165), ("W2A5 PTQ"
 
 
 def _noise_df():
-    """NOISE as the frame chapter 07 passes to plots.noise_and_flips."""
+    """NOISE as the frame chapter 07 passes to plots_qat.noise_and_flips."""
     return pd.DataFrame([{"model": m, "w_bits": int(m[1]), "a_bits": int(m[3]), "kind": "QAT" if "LSQ" in m else "PTQ",
                           "sd": sd, "predicted": float(p), "disagreements": d} for m, sd, p, d in NOISE])
 
 
 def test_noise_and_flips_labels_do_not_overlap():
     df = _noise_df()
-    fig = plots.noise_and_flips(df, {"W4A4: half of PTQ's loss": 0.215})
+    fig = plots_qat.noise_and_flips(df, {"W4A4: half of PTQ's loss": 0.215})
     ax = fig.axes[1]
     assert sorted(t.get_text() for t in ax.texts) == sorted(df.model)  # every point labelled once
     assert _overlapping(fig, ax.texts) == []
@@ -47,7 +47,7 @@ def test_noise_and_flips_labels_stay_off_the_markers():
     """A label may sit near its point (tied to it by a line) but not print over a marker: the
     LSQ stars are large, and a label placed only off the points' centres touched them."""
     df = _noise_df()
-    fig = plots.noise_and_flips(df, {"W4A4: half of PTQ's loss": 0.215})
+    fig = plots_qat.noise_and_flips(df, {"W4A4: half of PTQ's loss": 0.215})
     ax = fig.axes[1]
     renderer = fig.canvas.get_renderer()
     marks = []  # each marker's drawn box in pixels: a marker of size s (points^2) spans sqrt(s) points
@@ -65,7 +65,7 @@ def test_noise_and_flips_names_every_target_line():
     lines must still be named, which a text at the line could not do without overprinting."""
     df = _noise_df()
     targets = {"W8A4: half of PTQ's loss": 0.215, "W4A4: half of PTQ's loss": 0.214}
-    fig = plots.noise_and_flips(df, targets)
+    fig = plots_qat.noise_and_flips(df, targets)
     ax = fig.axes[0]
     named = {t.get_text() for leg in fig.legends for t in leg.get_texts()}
     assert set(targets) <= named
@@ -75,7 +75,7 @@ def test_noise_and_flips_names_every_target_line():
 
 def test_noise_and_flips_key_covers_neither_panel():
     df = _noise_df()
-    fig = plots.noise_and_flips(df, {"W8A4: half of PTQ's loss": 0.215, "W4A4: half of PTQ's loss": 0.214})
+    fig = plots_qat.noise_and_flips(df, {"W8A4: half of PTQ's loss": 0.215, "W4A4: half of PTQ's loss": 0.214})
     (key,) = fig.legends
     assert len(key.get_texts()) == 3 * 2 + 2  # PTQ line and LSQ star per weight width, two targets
     _assert_key_clear(fig, key)
@@ -98,7 +98,7 @@ def _hist(loss):
 @pytest.mark.parametrize("relative", [False, True])
 def test_qat_curves_loss_panel(relative):
     curves = {"cross-entropy": _hist([0.65, 0.64, 0.63]), "KL": _hist([3e-4, 2e-4, 1.5e-4])}
-    fig = plots.qat_curves(curves, relative_loss=relative)
+    fig = plots_qat.qat_curves(curves, relative_loss=relative)
     lines = fig.axes[1].get_lines()
     ys = [np.asarray(l.get_ydata(), dtype=float) for l in lines if l.get_label() in curves]
     if relative:  # each loss over its own first epoch: both start at 1, and keep their shape
@@ -158,7 +158,7 @@ def _curve(recovered):  # rows of lsq.lsq_curve: one measurement a minute
 
 
 def test_recovery_curves_shades_the_null_band_in_percent_and_names_it():
-    fig = plots.recovery_curves({"W4A4": _curve([0.0, -0.1, -0.2])}, band=("random moves", -0.21, 0.08))
+    fig = plots_qat.recovery_curves({"W4A4": _curve([0.0, -0.1, -0.2])}, band=("random moves", -0.21, 0.08))
     a = fig.axes[0]
     (span,) = [p for p in a.patches if p.get_label() == "random moves"]
     assert (span.get_y(), span.get_y() + span.get_height()) == pytest.approx((-21.0, 8.0))  # % of the loss, like the curves
@@ -169,8 +169,8 @@ def test_recovery_curves_key_covers_neither_panel():
     # chapter 07's controls figure: six runs, a band and the target, seven to nine keys in all; inside a
     # panel its key covered the target line and the curves
     runs = {f"run {i}": _curve([0.0, -0.1 * i, 0.4, 0.1]) for i in range(6)}
-    fig = plots.recovery_curves(runs, draws={"run 0": [(0.8, -0.1), (0.9, 0.0)]}, budget_min=5.0,
-                                band=("random moves", -0.21, 0.08))
+    fig = plots_qat.recovery_curves(runs, draws={"run 0": [(0.8, -0.1), (0.9, 0.0)]}, budget_min=5.0,
+                                    band=("random moves", -0.21, 0.08))
     (key,) = fig.legends
     assert len(key.get_texts()) == 9 and all(ax.get_legend() is None for ax in fig.axes)
     _assert_key_clear(fig, key)
@@ -179,4 +179,4 @@ def test_recovery_curves_key_covers_neither_panel():
 @pytest.mark.parametrize("band", [("null", 0.1, -0.1), ("null", 0.1), ("null",)])
 def test_recovery_curves_bad_band_is_a_clear_error(band):
     with pytest.raises(ValueError, match="band="):
-        plots.recovery_curves({"W4A4": _curve([0.0, 0.1])}, band=band)
+        plots_qat.recovery_curves({"W4A4": _curve([0.0, 0.1])}, band=band)

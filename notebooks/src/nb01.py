@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display, Markdown
-from qlib import Config, data as qdata, plots
+from qlib import Config, data as qdata, plots, plots_data
 
 plots.style()
 cfg = Config.from_env(data=data, image_size=image_size, split=split, seed=seed, smoke=smoke)
@@ -67,7 +67,7 @@ study's input size. Note the classes that differ only in a mirror image (left/ri
 keep left/right, turn left/right): augmentation must not flip images.
 """),
 code("""
-fig = plots.gallery(splits.train, splits.classes, per_class=10, seed=cfg.seed)
+fig = plots_data.gallery(splits.train, splits.classes, per_class=10, seed=cfg.seed)
 """),
 md("""
 ## Class balance
@@ -77,7 +77,7 @@ The classes are not balanced: some GTSRB classes have many more tracks than othe
 stratified per class, so every class appears in train, val and test.
 """),
 code("""
-fig = plots.class_distribution(splits)
+fig = plots_data.class_distribution(splits)
 """),
 md("""
 ## Image and box statistics
@@ -132,7 +132,7 @@ for scheme, s in schemes.items():
     for pair, n in qdata.leakage(s).items():
         rows.append({"scheme": scheme, "pair": pair, "shared": n})
 leak = pd.DataFrame(rows)
-fig = plots.leakage_bars(leak)
+fig = plots_data.leakage_bars(leak)
 display(leak.pivot(index="scheme", columns="pair", values="shared"))
 """),
 code("""
@@ -151,18 +151,18 @@ md("""
 ## The synthetic signs
 
 Without internet or the export, `qlib.signs` draws the same 29 classes with Pillow — shape,
-colours, border and a pictogram or text per class — then randomises every image: perspective
+colours, border and a pictogram or text per class — and `qlib.scenes` randomises every image: perspective
 and rotation, scale and position, background clutter, lighting, blur, noise and partial
 occlusion. Images come in tracks of one sign instance, like GTSRB, so the same track split
 applies. Clean designs first, then the generator's variations of one class:
 """),
 code("""
-from qlib import signs
+from qlib import scenes, signs
 clean = [signs.render_clean(c, size=64) for c in range(len(signs.CLASS_NAMES))]
-fig = plots.image_grid(clean, titles=[f"{c}" for c in range(len(clean))], ncols=10, size=0.9,
-                       title="The 29 synthetic sign designs (class index)")
-var = signs.variations(21, n=16, size=64, seed=cfg.seed)
-fig = plots.image_grid(list(var), ncols=8, title=f"Variations of class 21 ({signs.CLASS_NAMES[21]})")
+fig = plots_data.image_grid(clean, titles=[f"{c}" for c in range(len(clean))], ncols=10, size=0.9,
+                            title="The 29 synthetic sign designs (class index)")
+var = scenes.variations(21, n=16, size=64, seed=cfg.seed)
+fig = plots_data.image_grid(list(var), ncols=8, title=f"Variations of class 21 ({signs.CLASS_NAMES[21]})")
 """),
 md("""
 ## What must hold

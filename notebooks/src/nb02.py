@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display, Markdown
-from qlib import Config, data as qdata, models, measure, results, plots, export
+from qlib import Config, data as qdata, models, measure, results, plots, plots_data, export
 
 plots.style()
 torch.set_num_threads(2)
@@ -69,7 +69,7 @@ print(f"ImageNet weights used: {fp.pretrained}; precision {hist.get('precision',
 m = hist.get("machine")  # another CPU or thread count trains other weights from the same seed (models.machine)
 print(f"trained on: {models.describe_machine(m)}" if m else
       "trained on: not recorded (this checkpoint predates models.machine)")
-fig = plots.training_curves(hist)
+fig = plots_data.training_curves(hist)
 """),
 md("""
 ## Accuracy, with an honest interval
@@ -86,8 +86,8 @@ display(Markdown(f"**Test accuracy (track split): {acc:.2%}** (95% CI {lo:.2%}â€
                  f"{len(splits.test)} images from {len(set(splits.test.groups))} tracks); val {val:.2%}."))
 """),
 code("""
-fig = plots.per_class_accuracy(ev["per_class"], splits.classes)
-fig = plots.confusion(ev["confusion"], splits.classes)
+fig = plots_data.per_class_accuracy(ev["per_class"], splits.classes)
+fig = plots_data.confusion(ev["confusion"], splits.classes)
 worst = ev["per_class"].argsort()[:3].tolist()
 print("weakest classes:", [(splits.classes[c], f"{ev['per_class'][c]:.1%}") for c in worst])
 """),

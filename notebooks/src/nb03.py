@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display, Markdown
-from qlib import Config, data as qdata, models, measure, results, plots, quant, rtn, calib, widgets
+from qlib import Config, data as qdata, models, measure, results, plots, plots_ptq, quant, rtn, calib, widgets
 
 plots.style()
 torch.set_num_threads(2)
@@ -74,7 +74,7 @@ the step. Inside the range the error stays within half a step; past the range it
 linearly (clipping).
 """),
 code("""
-fig = plots.quantizer_staircase(bits=3)
+fig = plots_ptq.quantizer_staircase(bits=3)
 """),
 md("""
 ## Granularity on the baseline's real weights
@@ -94,7 +94,7 @@ for name, m in fp.named_modules():
             wq = quant.quantize(w, quant.QuantSettings(bits=4, granularity=g, group_size=64)).dequantize()
             rows.append({"layer": name, "granularity": gran, "error": ((w - wq).norm() / w.norm()).item()})
 gran_err = pd.DataFrame(rows)
-fig = plots.granularity_errors(gran_err)
+fig = plots_ptq.granularity_errors(gran_err)
 display(gran_err.groupby("granularity")["error"].median().rename("median relative error at W4").to_frame().T)
 """),
 md("""
@@ -140,7 +140,7 @@ max/std ratio) is what hurts per-tensor quantization: one scale must cover the l
 so the step is coarse for all the others.
 """),
 code("""
-fig = plots.weight_distributions(fp)
+fig = plots_ptq.weight_distributions(fp)
 """),
 md(r"""
 ## Where are the outliers?
@@ -157,8 +157,8 @@ each layer normalised by its median channel.
 """),
 code("""
 stats = calib.input_stats(fp, calib_x)
-fig = plots.outlier_heatmap(stats, "absmax")
-fig, ratios = plots.outlier_ratio(stats, "absmax")
+fig = plots_ptq.outlier_heatmap(stats, "absmax")
+fig, ratios = plots_ptq.outlier_ratio(stats, "absmax")
 ratio_df = pd.DataFrame({"layer": list(stats), "max/median (absmax)": ratios,
                          "max/median (absmean)": [float(v.max() / max(np.median(v), 1e-12)) for v in (s["absmean"].numpy() for s in stats.values())]})
 display(ratio_df.set_index("layer").round(1).T)

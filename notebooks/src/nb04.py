@@ -78,7 +78,7 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display, Markdown
-from qlib import Config, data as qdata, models, measure, results, plots, quant, rtn, calib, gptq, export, widgets
+from qlib import Config, data as qdata, models, measure, results, plots, plots_ptq, quant, rtn, calib, gptq, export, widgets
 
 plots.style()
 torch.set_num_threads(2)
@@ -164,7 +164,7 @@ for inputs, x in (("calibration", calib_x), ("held-out", held_x)):
         e = gptq.layer_errors(fp, qmodels[method, lo, "channel"], x)
         err_rows += [{"layer": n, "inputs": inputs, "method": method, "error": v} for n, v in e.items()]
 err_df = pd.DataFrame(err_rows)
-fig = plots.gptq_layer_errors(err_df, f"W{lo} per channel: output error per layer ({len(calib_x)} calibration, {len(held_x)} held-out images)")
+fig = plots_ptq.gptq_layer_errors(err_df, f"W{lo} per channel: output error per layer ({len(calib_x)} calibration, {len(held_x)} held-out images)")
 """),
 code("""
 rep = pd.DataFrame(reports[lo, "channel"]).set_index("name")
@@ -243,7 +243,7 @@ for name, value, kw in abl:
 order = lambda v: (0, float(v), "") if isinstance(v, (bool, int, float)) else (1, 0.0, str(v))
 abl_df = pd.DataFrame(abl_rows)
 abl_df = abl_df.iloc[sorted(range(len(abl_df)), key=lambda i: (abl_df.ablation.iloc[i], order(abl_df.value.iloc[i])))]
-fig = plots.ablations(abl_df, "agreement", "GPTQ W2 per channel: one knob at a time (agreement with FP32)")
+fig = plots_ptq.ablations(abl_df, "agreement", "GPTQ W2 per channel: one knob at a time (agreement with FP32)")
 display(abl_df[["ablation", "value", "accuracy", "agreement", "kl", "seconds"]].round(4))
 """),
 code("""

@@ -77,7 +77,7 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display, Markdown
-from qlib import Config, data as qdata, models, measure, results, plots, quant, rtn, calib, widgets, awq, gptq, export
+from qlib import Config, data as qdata, models, measure, results, plots, plots_ptq, quant, rtn, calib, widgets, awq, gptq, export
 
 plots.style()
 torch.set_num_threads(2)
@@ -101,8 +101,8 @@ largest channel to the median one. In the LLMs AWQ was designed for, a few chann
 """),
 code("""
 stats = calib.input_stats(fp, calib_x)
-fig = plots.outlier_heatmap(stats, "absmean")
-fig, ratios = plots.outlier_ratio(stats, "absmean")
+fig = plots_ptq.outlier_heatmap(stats, "absmean")
+fig, ratios = plots_ptq.outlier_ratio(stats, "absmean")
 spread = pd.Series({n: float(np.percentile(v["absmean"], 99) / max(np.median(v["absmean"]), 1e-12)) for n, v in stats.items()})
 display(Markdown(f"mean|X| largest / median channel: median over layers **{np.median(ratios):.1f}x**, largest "
                  f"**{max(ratios):.1f}x** (`{list(stats)[int(np.argmax(ratios))]}`); the 99th-percentile channel is "
@@ -147,7 +147,7 @@ lowest = min(k for k in searches if k[1] == 0)
 res_low = searches[lowest]
 layer = max(res_low.alpha, key=lambda k: res_low.alpha[k] or 0)
 w = fp.get_submodule(layer).weight
-fig = plots.awq_scaling(w, res_low.scales[layer], stats[layer]["absmean"], qset(*lowest), layer)
+fig = plots_ptq.awq_scaling(w, res_low.scales[layer], stats[layer]["absmean"], qset(*lowest), layer)
 scaled_fp = awq.apply_scales(fp, res_low)
 with torch.no_grad():
     y0, y1 = fp(calib_x[:64]), scaled_fp(calib_x[:64])
@@ -162,7 +162,7 @@ The search result is data: for every scaled layer, the output error at each $\\a
 the error at $\\alpha = 0$ (RTN). Below 1: scaling helps that layer.
 """),
 code("""
-fig = plots.awq_alpha_curves({tag(*k): r for k, r in searches.items()})
+fig = plots_ptq.awq_alpha_curves({tag(*k): r for k, r in searches.items()})
 dec = pd.DataFrame([{"setting": tag(*k), "layer": n, "RTN": r.rtn_error[n], "scaled": r.scaled_error[n], "scaled+clip": r.final_error[n]}
                     for k, r in searches.items() for n in r.layers])
 gain = dec.assign(scale_gain=dec.RTN / dec.scaled, clip_gain=dec.scaled / dec["scaled+clip"]).groupby("setting", sort=False)[["scale_gain", "clip_gain"]].median()
@@ -241,7 +241,7 @@ sub = splits.test.subset(torch.randperm(len(splits.test), generator=torch.Genera
 widgets.awq_panel(fp, calib_x[:64], sub, default_layer=layer);
 """),
 code("""
-fig = plots.awq_layer_errors(lerr)
+fig = plots_ptq.awq_layer_errors(lerr)
 """),
 md(r"""
 ## The seed paper's "AWQ", as an ablation
@@ -263,7 +263,7 @@ alphas, ss = (awq.SEED_ALPHAS, awq.SEED_S) if not cfg.smoke else ((0.1, 0.5), (1
 agree = lambda m: measure.fidelity(models.predict(m, ref_seed.fid_set), ref_seed.fp_fid)["agreement"]
 seed_q = pd.DataFrame([[agree(awq.seed_paper_awq(fp, act, a, s)) for s in ss] for a in alphas], index=alphas, columns=ss)
 seed_fp = pd.DataFrame([[agree(awq.seed_paper_awq(fp, act, a, s, quantize=False)) for s in ss] for a in alphas], index=alphas, columns=ss)
-fig = plots.awq_grids(seed_q, seed_fp, searches[lowest])
+fig = plots_ptq.awq_grids(seed_q, seed_fp, searches[lowest])
 with torch.no_grad():  # the mildest seed setting, as a float model, against the baseline
     y_seed = awq.seed_paper_awq(fp, act, min(alphas), min(ss), quantize=False)(calib_x[:64])
 seed_float_err = float((y_seed - y0).norm() / y0.norm())

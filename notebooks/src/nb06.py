@@ -86,7 +86,7 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display, Markdown
-from qlib import Config, data as qdata, models, measure, results, plots, calib, fold, gptq, int8, export, quant, widgets
+from qlib import Config, data as qdata, models, measure, results, plots, plots_ptq, calib, fold, gptq, int8, export, quant, widgets
 from qlib import smoothquant as sq
 
 plots.style()
@@ -133,7 +133,7 @@ Then the outlier ratio (largest / median channel) of every layer, before and aft
 code("""
 sc_half = sq.search(fp, calib_x, sq.SmoothSettings(0.5, "shared"), stats)
 show = [n for n in ("layer1.0.conv2", "layer2.0.conv1", "layer3.1.conv1", "layer4.0.conv2", "layer4.1.conv2", "fc") if n in stats]
-fig = plots.smoothing_heatmaps(stats, sc_half, show)
+fig = plots_ptq.smoothing_heatmaps(stats, sc_half, show)
 ratios = pd.DataFrame({"before": sq.outlier_ratios(stats),
                        **{f"after ({m}, a=0.5)": sq.outlier_ratios(stats, sq.search(fp, calib_x, sq.SmoothSettings(0.5, m), stats)) for m in fold.MODES}})
 display(ratios.round(1).T)
@@ -162,7 +162,7 @@ for a_bits in act_bits_list:
             m = sq.fake_quant_model(sq.apply(fp, sc), calib_x, 8, a_bits)
             sweep_rows.append({"act_bits": a_bits, "mode": mode, "alpha": a, **ref_s.row(m)})
 base_df, sweep_df = pd.DataFrame(base_rows), pd.DataFrame(sweep_rows)
-fig = plots.alpha_sweep(sweep_df, base_df, ref_s.fp["accuracy"], modes=("shared", "bn"))
+fig = plots_ptq.alpha_sweep(sweep_df, base_df, ref_s.fp["accuracy"], modes=("shared", "bn"))
 """),
 code("""
 best = sweep_df.sort_values(["agreement", "accuracy"], ascending=False).groupby(["act_bits", "mode"]).head(1)

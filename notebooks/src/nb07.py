@@ -214,9 +214,9 @@ own8 = recipes8.iloc[2:]  # the runs from the PTQ model, one per learning rate
 """),
 code("""
 lab_std, lab_own = "standard recipe (loss: cross-entropy)", "from PTQ (loss: KL to FP32)"
-fig = plots.qat_curves({lab_std: hist8_std, lab_own: hist8}, starts={lab_own: models.evaluate(ptq8, splits.val)["accuracy"]},
-                       title="int8 QAT: the standard recipe (ranges and BN statistics frozen for the last epoch) and from PTQ (fixed from the start)",
-                       relative_loss=True)  # two different losses: their changes compare, their levels do not
+fig = plots_qat.qat_curves({lab_std: hist8_std, lab_own: hist8}, starts={lab_own: models.evaluate(ptq8, splits.val)["accuracy"]},
+                           title="int8 QAT: the standard recipe (ranges and BN statistics frozen for the last epoch) and from PTQ (fixed from the start)",
+                           relative_loss=True)  # two different losses: their changes compare, their levels do not
 d_acc = (r_qat8["accuracy"] - r_ptq8["accuracy"]) * 100
 ptq_dis, std_dis, own_dis = recipes8["disagreements"].iloc[0], recipes8["disagreements"].iloc[1], own8["disagreements"]
 display(Markdown(
@@ -292,7 +292,7 @@ lowdf = pd.DataFrame(low)
 display(lowdf[["config", "kind", "engine", "accuracy", "agreement", "kl", "size_mb", "seconds"]].round(4))
 """),
 code("""
-fig = plots.qat_curves(curves, starts, title="LSQ fine-tuning from GPTQ (step 0 = the PTQ model)")
+fig = plots_qat.qat_curves(curves, starts, title="LSQ fine-tuning from GPTQ (step 0 = the PTQ model)")
 """),
 md("""
 A configuration's **recovery** is the share of PTQ's agreement loss that QAT wins back,
@@ -329,7 +329,7 @@ for c in lsq_configs:
                  f"**{r:.0%}** of the loss ({ci_text(c)}); KL to FP32 {kl['PTQ']:.4f} → {kl['QAT']:.4f} ({dkl[c]:+.0%}); "
                  f"{cost / 60:.1f} min of training vs {gptq_s[lsq.parse_config(c)[0]]:.0f} s of GPTQ.")
 display(Markdown("\\n".join(lines)))
-fig = plots.qat_vs_ptq(lowdf[lowdf.engine == "float (fake-quant)"])
+fig = plots_qat.qat_vs_ptq(lowdf[lowdf.engine == "float (fake-quant)"])
 """),
 md("""
 ### Would smoothing help the PTQ?
@@ -426,9 +426,9 @@ display(spread.pivot(index="seed", columns="config", values="recovered").style.f
 budget_min = {c: rows[-1]["train_seconds"] / 60 for c, rows in budget_curves.items()}
 budget_rec = {c: [r["recovered"] for r in rows] for c, rows in budget_curves.items()}
 if budget_curves:
-    fig = plots.recovery_curves(budget_curves, draws, target=0.5, budget_min=5.0,
-                                title=f"LSQ from GPTQ: {budget_steps} steps with the chapter's recipe (open circles: "
-                                      f"{lsq_steps}-step runs, {1 + spread_seeds} seeds)")
+    fig = plots_qat.recovery_curves(budget_curves, draws, target=0.5, budget_min=5.0,
+                                    title=f"LSQ from GPTQ: {budget_steps} steps with the chapter's recipe (open circles: "
+                                          f"{lsq_steps}-step runs, {1 + spread_seeds} seeds)")
     lines = []
     for c in a4:
         r = spread[spread.config == c]["recovered"]
@@ -505,8 +505,8 @@ if "W4A4" in budget_curves:
     m_slow, control[slow] = lsq.lsq_curve(fp, splits, s_slow, ref, budget_every, init_model=gq[w], calib_x=calib_x,
                                           progress=False)
     moved[slow] = step_change(m_slow, "W4A4")
-    fig = plots.recovery_curves({f"W4A4, steps at {lsq_step_lr:g} (above)": budget_curves["W4A4"], **control}, target=0.5,
-                                budget_min=5.0, title=f"W4A4, {budget_steps} steps: the steps' learning rate")
+    fig = plots_qat.recovery_curves({f"W4A4, steps at {lsq_step_lr:g} (above)": budget_curves["W4A4"], **control}, target=0.5,
+                                    budget_min=5.0, title=f"W4A4, {budget_steps} steps: the steps' learning rate")
 runs = {**budget_curves, **control}
 steps_df = pd.DataFrame({k: {"median |change|": float(np.median(np.abs(list(v.values())))),
                              "largest |change|": float(max(np.abs(list(v.values())))),
@@ -587,12 +587,12 @@ if ("W4A4", False) in in_moved:  # random moves of the W4A4 PTQ model's input st
         null_rec.append(measure.recovery(recovery("W4A4")[0], ref.row(m_r)["agreement"]))
 if learn_runs:
     both = {c: budget_curves[c] for c in dict.fromkeys(c for c, _, _ in learn_runs)}
-    fig = plots.recovery_curves({**{f"{c}, everything (above)": r for c, r in both.items()},
-                                 **{f"{c}, {learn_label[(l, p)]}": r for (c, l, p), r in learn_runs.items()}},
-                                target=0.5, budget_min=5.0,
-                                band=(f"W4A4 input steps moved at random ({len(null_rec)} draws)", min(null_rec), max(null_rec))
-                                if null_rec else None,
-                                title=f"{budget_steps} steps, learning everything, only the input steps, or only the weights")
+    fig = plots_qat.recovery_curves({**{f"{c}, everything (above)": r for c, r in both.items()},
+                                     **{f"{c}, {learn_label[(l, p)]}": r for (c, l, p), r in learn_runs.items()}},
+                                    target=0.5, budget_min=5.0,
+                                    band=(f"W4A4 input steps moved at random ({len(null_rec)} draws)", min(null_rec), max(null_rec))
+                                    if null_rec else None,
+                                    title=f"{budget_steps} steps, learning everything, only the input steps, or only the weights")
     end = {k: r[-1]["recovered"] for k, r in learn_runs.items()} | {(c, "all", False): r[-1]["recovered"] for c, r in both.items()}
     steps_only = [c for (c, l, p) in learn_runs if l == "steps" and not p]
     lines = ["Share of PTQ's agreement loss won back at the end of the run:"] + [
@@ -664,7 +664,7 @@ below = {k: float((fp_p[m] < 0.5).mean()) for k, m in masks.items() if m.any()}
 if masks and not med:
     display(Markdown("No A4 model disagrees with FP32 on any held-out image here: there is no disagreement to locate."))
 elif masks:
-    fig = plots.disagreement_confidence(fp_p, masks)
+    fig = plots_qat.disagreement_confidence(fp_p, masks)
     display(Markdown(
         f"FP32's median top-1 probability is **{np.median(fp_p):.2f}** on all {len(fp_p):,} held-out images (label smoothing "
         f"caps it near 0.9) and **{min(med.values()):.2f}–{max(med.values()):.2f}** on the images where an A4 model disagrees "
@@ -740,7 +740,7 @@ display(kl_df.drop(columns=["config", "kind"]).set_index("model").style.format(
     {"agreement": "{:.2%}", "kl": "{:.4f}", "tau": "{:.2f}", "kl_at_tau": "{:.4f}", "margin error sd (all)": "{:.3f}",
      "margin error mean (FP32 unsure)": "{:+.3f}", "margin error sd (FP32 unsure)": "{:.3f}"}).set_caption(
     f"held-out logits ({len(fp_p):,} images; FP32 unsure: top-1 probability < 0.5, {int(unsure.sum()):,} images)"))
-fig = plots.scale_vs_margins(kl_df[kl_df.config.str.endswith("A4")], fp_margin, errors)
+fig = plots_qat.scale_vs_margins(kl_df[kl_df.config.str.endswith("A4")], fp_margin, errors)
 k = kl_df.set_index(["config", "kind"])
 ptq_k, qat_k = k.xs("PTQ", level="kind"), k.xs("QAT", level="kind")
 sd_u = "margin error sd (FP32 unsure)"
@@ -822,7 +822,7 @@ for c in a4_configs:
 display(noise_df.set_index("model")[["mean", "sd", "predicted", "disagreements"]].style.format(
     {"mean": "{:+.3f}", "sd": "{:.3f}", "predicted": "{:.0f}"}).set_caption(
     f"margin error measured on {where_text}; disagreements among {len(fp_p):,} held-out images"))
-fig = plots.noise_and_flips(noise_df, {f"{c}: half of PTQ's loss": v for c, v in needed.items() if np.isfinite(v)})
+fig = plots_qat.noise_and_flips(noise_df, {f"{c}: half of PTQ's loss": v for c, v in needed.items() if np.isfinite(v)})
 """),
 code("""
 counted = noise_df[noise_df.disagreements >= 20]   # a relative error of a handful of images says little
