@@ -1,11 +1,11 @@
 """Unit tests of qlib.lsq: the LSQ quantizer and its gradients, LSQ models and their fine-tune,
-the measured fine-tune (lsq_curve) and its command line (python -m qlib.lsq)."""
+and configurations by name."""
 import math
 
 import pytest
 import torch
 
-from qlib import export, int8, lsq, measure, quant
+from qlib import export, int8, lsq, quant
 from qlib.qat import QATSettings
 from qlib.quant import QuantSettings
 from tiny import FAST, NUM_CLASSES, fp, splits, x  # noqa: F401 (fixtures)
@@ -213,26 +213,7 @@ def test_lsq_model_needs_calibration_images_and_known_layers(fp):
         lsq.lsq_model(fp, QATSettings(w_bits=4, a_bits=None, keep_8bit=("head",)))
 
 
-# ---- the fine-tune measured along the way (lsq_curve, python -m qlib.lsq) ----------------
-
-def test_lsq_curve_measures_without_changing_the_training(fp, splits, x):
-    ref = measure.Reference(fp, splits)
-    s = QATSettings(epochs=2, w_bits=4, a_bits=4, optimizer="adam", lr=1e-3, step_lr=1e-2,
-                    distill=1.0, mixup=0.4, **{**FAST, "max_steps": 4})
-    seen = []
-    m, rows = lsq.lsq_curve(fp, splits, s, ref, every=3, calib_x=x, progress=False, on_row=seen.append)
-    assert [r["step"] for r in rows] == [0, 3, 4] and seen == rows  # every 3 steps, and the end
-    assert rows[0] == {"step": 0, "train_seconds": 0.0, "recovered": 0.0, **ref.row(lsq.lsq_model(fp, s, calib_x=x))}
-    assert 0 < rows[1]["train_seconds"] <= rows[2]["train_seconds"]
-    assert rows[2] == {**ref.row(m), "step": 4, "train_seconds": rows[2]["train_seconds"],
-                       "recovered": measure.recovery(rows[0]["agreement"], rows[2]["agreement"])}
-    plain, _ = lsq.lsq_train(fp, splits, s, calib_x=x, progress=False, validate=False)
-    a, b = m.state_dict(), plain.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)  # measuring changed nothing in the training
-    assert any(not torch.equal(a[k], v) for k, v in lsq.lsq_model(fp, s, calib_x=x).state_dict().items())
-    with pytest.raises(ValueError, match="every=0: expected an integer >= 1"):
-        lsq.lsq_curve(fp, splits, s, ref, every=0, calib_x=x)
-
+# ---- the fine-tune's callback and configurations by name ------------------------------
 
 def test_on_step_sees_the_start_and_every_optimizer_step(fp, splits, x):
     s = QATSettings(epochs=2, w_bits=4, a_bits=8, **{**FAST, "max_steps": 4})
@@ -251,30 +232,3 @@ def test_parse_config(config, bits):
 def test_parse_config_rejects_what_is_not_a_config(config):
     with pytest.raises(ValueError, match=f"config={config!r}: expected 'W<bits>A<bits>'"):
         lsq.parse_config(config)
-
-
-def test_command_line_rejects_bad_arguments_before_loading_data(capsys, monkeypatch):
-    monkeypatch.setenv("QLIB_DATA", "/nonexistent/folder")  # never read: the arguments fail first
-    assert lsq.main(["--config", "W9A4"]) == 2
-    assert "config='W9A4'" in capsys.readouterr().err
-    assert lsq.main(["--steps", "0"]) == 2
-    assert "--steps 0: expected an integer >= 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        lsq.main(["--learn", "biases"])
-    assert "invalid choice: 'biases'" in capsys.readouterr().err
-
-
-def test_command_line_runs_end_to_end_in_smoke_mode(tmp_path, monkeypatch, capsys):
-    """Data, baseline, GPTQ start, the measured fine-tune and its JSON (synthetic smoke data)."""
-    import json
-    monkeypatch.setenv("QLIB_SMOKE", "1")
-    monkeypatch.setenv("QLIB_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "runs" / "w4a8.json"
-    assert lsq.main(["--config", "W4A8", "--steps", "3", "--every", "2", "--no-augment", "--out", str(out)]) == 0
-    res = json.loads(out.read_text())
-    assert res["config"] == "W4A8" and res["settings"]["max_steps"] == 3 and res["settings"]["augment"] is False
-    assert [r["step"] for r in res["rows"]] == [0, 2, 3]
-    assert all(0 <= r["agreement"] <= 1 and r["kl"] >= 0 for r in res["rows"])
-    assert list(out.parent.iterdir()) == [out]  # written under a temporary name, then renamed
-    printed = capsys.readouterr().out
-    assert "W4A8: 3 steps" in printed and printed.count("agreement") == 4  # header + 3 rows

@@ -130,8 +130,8 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display, Markdown
-from qlib import Config, data as qdata, models, measure, results, plots, calib, widgets
-from qlib import int8, qat, lsq, export
+from qlib import Config, data as qdata, models, measure, results, plots, plots_qat, calib, widgets
+from qlib import int8, qat, lsq, lsq_curve, export
 
 plots.style()
 torch.set_num_threads(2)
@@ -396,9 +396,9 @@ model disagrees with FP32 on about one held-out image in fifty, so one image is 
 loss. The fine-tune's seed (batch order, augmentation, mixup) changes which of those images flip.
 So each A4 configuration is fine-tuned again with other seeds, same recipe and same number of steps.
 Then the same recipe gets the whole 5-minute budget of the targets, with its cosine schedule
-stretched over all the steps. It is measured against FP32 along the way with `lsq.lsq_curve`. The
+stretched over all the steps. It is measured against FP32 along the way with `lsq_curve.run`. The
 measurements change nothing in the training, and their time is not counted. Runs longer than the
-budget are one command, `python -m qlib.lsq` (README, "Longer QAT runs").
+budget are one command, `python -m qlib.lsq_curve` (README, "Longer QAT runs").
 """),
 code("""
 draws, budget_curves, budget_models, spread_rows = {}, {}, {}, []
@@ -418,7 +418,7 @@ for c in a4:
         spread_rows.append({"config": c, "seed": cfg.seed + k, "agreement": q, "recovered": measure.recovery(p0, q)})
         draws[c].append((minutes, spread_rows[-1]["recovered"]))
     s_b = s_c.with_steps(budget_steps, len(splits.train))
-    budget_models[c], budget_curves[c] = lsq.lsq_curve(fp, splits, s_b, ref, budget_every, init_model=gq[w], calib_x=calib_x,
+    budget_models[c], budget_curves[c] = lsq_curve.run(fp, splits, s_b, ref, budget_every, init_model=gq[w], calib_x=calib_x,
                                                        progress=False)
 spread = pd.DataFrame(spread_rows)
 display(spread.pivot(index="seed", columns="config", values="recovered").style.format("{:+.0%}").set_caption(
@@ -502,7 +502,7 @@ if "W4A4" in budget_curves:
     w, a = lsq.parse_config("W4A4")
     s_slow = replace(lsq_recipe, w_bits=w, a_bits=a, step_lr=lsq_step_lr / 10).with_steps(budget_steps, len(splits.train))
     slow = f"W4A4, steps at {s_slow.step_lr:g}"
-    m_slow, control[slow] = lsq.lsq_curve(fp, splits, s_slow, ref, budget_every, init_model=gq[w], calib_x=calib_x,
+    m_slow, control[slow] = lsq_curve.run(fp, splits, s_slow, ref, budget_every, init_model=gq[w], calib_x=calib_x,
                                           progress=False)
     moved[slow] = step_change(m_slow, "W4A4")
     fig = plots_qat.recovery_curves({f"W4A4, steps at {lsq_step_lr:g} (above)": budget_curves["W4A4"], **control}, target=0.5,
@@ -570,7 +570,7 @@ for c, learn, on_plain in [("W4A4", "steps", False), ("W4A4", "steps", True), ("
         w, a = lsq.parse_config(c)
         s_l = replace(lsq_recipe, w_bits=w, a_bits=a, learn=learn, **(plain if on_plain else {})).with_steps(
             budget_steps, len(splits.train))
-        m_l, learn_runs[(c, learn, on_plain)] = lsq.lsq_curve(fp, splits, s_l, ref, budget_every, init_model=gq[w],
+        m_l, learn_runs[(c, learn, on_plain)] = lsq_curve.run(fp, splits, s_l, ref, budget_every, init_model=gq[w],
                                                               calib_x=calib_x, progress=False)
         if learn == "steps":
             in_moved[(c, on_plain)] = np.abs(list(step_change(m_l, c)[0].values()))
