@@ -23,7 +23,6 @@ GTSRB_ID = re.compile(r"^(\d{5})_(\d{5})_(\d{5})")
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
 
 
-
 def _export_folders(root: Path) -> dict:
     """Map train/val/test to (images dir, labels dir) in either Roboflow layout."""
     found = {}
