@@ -1,9 +1,11 @@
 """The study's data: three sources behind one ``load(cfg)``, a leak-free split, a tensor cache.
 
 Sources (``Config.data``):
-- the path of a Roboflow YOLO export (the real data: "Traffic and Road Signs"; read by :mod:`qlib.yolo`),
+- the path of a Roboflow YOLO export (the real data: "Traffic and Road Signs"), read by
+  :mod:`qlib.yolo`,
 - ``"gtsrb"``: the German Traffic Sign Recognition Benchmark through torchvision,
-- ``""`` / ``"synthetic"``: traffic signs drawn by :mod:`qlib.signs` (offline default).
+- ``""`` / ``"synthetic"``: traffic signs drawn by :mod:`qlib.signs`, photographed by
+  :mod:`qlib.scenes` (offline default).
 
 Every image is kept as uint8 ``[3, H, W]``; :func:`to_float` normalises a batch for the model.
 Decoded images are cached under ``Config.cache_dir`` keyed by a hash of the source, its file
