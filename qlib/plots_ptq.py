@@ -341,3 +341,29 @@ def alpha_sweep(df, baseline, fp_acc: float, modes=("shared",)):
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.tight_layout()
     return fig
+
+
+def size_speed(df, title: str = "Size and speed on the int8 engine (label: test accuracy)"):
+    """Each int8-engine variant at its file size (log) and throughput, labelled with its name and
+    test accuracy (``df``: rows with variant, size_mb, images_per_s, accuracy, and a colour
+    key in ``color``). The labels are spread off the points and each other: the 11 MB int8
+    variants lie on top of one another."""
+    from .plots import spread_labels
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    marks = [ax.scatter(r["size_mb"], r["images_per_s"], s=60, color=PALETTE.get(r["color"], "#555555"), zorder=3)
+             for _, r in df.iterrows()]
+    texts = [ax.text(r["size_mb"], r["images_per_s"], f"{r['variant']}\n{r['accuracy']:.2%}", fontsize=7)
+             for _, r in df.iterrows()]
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax.set_xticks([2, 3, 5, 10, 20, 45])
+    lo, hi = df["images_per_s"].min(), df["images_per_s"].max()
+    ax.set_ylim(lo - 0.25 * (hi - lo), hi + 0.3 * (hi - lo))  # room for the labels inside the axes
+    ax.set_xlabel("file size (MB, log)")
+    ax.set_ylabel("images / s (batch 64, 2 threads)")
+    ax.set_title(title)
+    fig.tight_layout()
+    spread_labels(ax, texts, df["size_mb"].to_numpy(), df["images_per_s"].to_numpy(), expand=(1.2, 1.4), markers=marks)
+    return fig

@@ -180,3 +180,29 @@ def test_recovery_curves_key_covers_neither_panel():
 def test_recovery_curves_bad_band_is_a_clear_error(band):
     with pytest.raises(ValueError, match="band="):
         plots_qat.recovery_curves({"W4A4": _curve([0.0, 0.1])}, band=band)
+
+
+def test_size_speed_labels_clear_each_other_the_markers_and_the_title():
+    """Chapter 06's int8-engine variants (book at 0f71b01): the two 11.33 MB models lie on top of
+    each other and the low-bit ones at the top edge, where labels printed over each other and
+    over the title."""
+    from matplotlib.transforms import Bbox
+
+    from qlib import plots_ptq
+
+    df = pd.DataFrame([("FP32", 44.84, 647, .9362, "fp32"), ("int8 PTQ (torch default, no smoothing)", 11.33, 2645, .9356, "int8"),
+                       ("SmoothQuant W8A8", 11.33, 2582, .9362, "smoothquant"), ("GPTQ W4A8 (int8 engine)", 5.69, 2688, .9323, "gptq"),
+                       ("GPTQ W2A8 (int8 engine)", 2.83, 2690, .9343, "gptq")],
+                      columns=["variant", "size_mb", "images_per_s", "accuracy", "color"])
+    fig = plots_ptq.size_speed(df)
+    ax, renderer = fig.axes[0], fig.canvas.get_renderer()
+    assert len(ax.texts) == len(df) and _overlapping(fig, ax.texts) == []
+    marks = []
+    for c in ax.collections:
+        (cx, cy), half = ax.transData.transform(c.get_offsets()[0]), np.sqrt(c.get_sizes()[0]) / 2 * fig.dpi / 72
+        marks.append(Bbox([[cx - half, cy - half], [cx + half, cy + half]]))
+    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+    assert [(name, i) for name, b in boxes.items() for i, m in enumerate(marks) if b.overlaps(m)] == []
+    title = ax.title.get_window_extent(renderer)
+    assert [name for name, b in boxes.items() if b.overlaps(title)] == []
+    matplotlib.pyplot.close(fig)

@@ -249,14 +249,8 @@ real = pd.DataFrame([{"variant": labels[k], "name": k, **(ref.fp if k == "fp32" 
 display(real[["variant", "accuracy", "agreement", "kl", "size_mb", "ms_per_batch", "images_per_s", "speedup", "spread"]].round(4))
 """),
 code("""
-import matplotlib.pyplot as plt
-fig, ax = plt.subplots(figsize=(7.5, 4.2))
-for k, r in real.iterrows():
-    ax.scatter(r["size_mb"], r["images_per_s"], s=60, color=plots.PALETTE.get("fp32" if k == "fp32" else "smoothquant" if k == "sq_w8a8" else "int8" if k == "int8_ptq" else "gptq", "#555"))
-    ax.annotate(f"{r['variant']}\\n{r['accuracy']:.2%}", (r["size_mb"], r["images_per_s"]), fontsize=7, xytext=(5, 3), textcoords="offset points")
-ax.set_xscale("log"); ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}")); ax.xaxis.set_minor_formatter(plt.NullFormatter())
-ax.set_xticks([2, 3, 5, 10, 20, 45]); ax.set_xlabel("file size (MB, log)"); ax.set_ylabel("images / s (batch 64, 2 threads)")
-ax.set_title("Size and speed on the int8 engine (label: test accuracy)"); fig.tight_layout()
+colour = {"fp32": "fp32", "sq_w8a8": "smoothquant", "int8_ptq": "int8"}  # the low-bit GPTQ models: "gptq"
+fig = plots_ptq.size_speed(real.assign(color=[colour.get(k, "gptq") for k in real.index]))
 """),
 code("""
 f, w4, w2, s8, p8 = (real.loc[k] for k in ("fp32", "w4a8", "w2a8", "sq_w8a8", "int8_ptq"))
