@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .plots import PALETTE
+from .plots import PALETTE, spread_labels
 
 
 # --------------------------------------------------------------------------------------
@@ -348,8 +348,6 @@ def size_speed(df, title: str = "Size and speed on the int8 engine (label: test 
     test accuracy (``df``: rows with variant, size_mb, images_per_s, accuracy, and a colour
     key in ``color``). The labels are spread off the points and each other: the 11 MB int8
     variants lie on top of one another."""
-    from .plots import spread_labels
-
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     marks = [ax.scatter(r["size_mb"], r["images_per_s"], s=60, color=PALETTE.get(r["color"], "#555555"), zorder=3)
              for _, r in df.iterrows()]

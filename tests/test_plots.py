@@ -7,7 +7,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from qlib import plots, plots_qat  # noqa: E402
+from qlib import plots, plots_ptq, plots_qat  # noqa: E402
 
 
 def _overlapping(fig, texts):
@@ -15,6 +15,17 @@ def _overlapping(fig, texts):
     renderer = fig.canvas.get_renderer()
     boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
     return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[:i] if ba.overlaps(bb)]
+
+
+def _labels_over_markers(fig, ax):
+    """(label, marker index) pairs where a text of ``ax`` covers a marker of its scatters (one
+    point each): a marker of size s (points^2) spans sqrt(s) points."""
+    renderer, marks = fig.canvas.get_renderer(), []
+    for c in ax.collections:
+        (cx, cy), half = ax.transData.transform(c.get_offsets()[0]), np.sqrt(c.get_sizes()[0]) / 2 * fig.dpi / 72
+        marks.append(matplotlib.transforms.Bbox([[cx - half, cy - half], [cx + half, cy + half]]))
+    return [(t.get_text(), i) for t in ax.texts for i, m in enumerate(marks) if t.get_window_extent(renderer).overlaps(m)]
+
 
 # chapter 07's margin-noise table on the real data (book at 800a378): the W2 points crowd within a
 # few images of each other, which is where labels used to print over each other, and the W4A4/W8A4
@@ -49,14 +60,8 @@ def test_noise_and_flips_labels_stay_off_the_markers():
     df = _noise_df()
     fig = plots_qat.noise_and_flips(df, {"W4A4: half of PTQ's loss": 0.215})
     ax = fig.axes[1]
-    renderer = fig.canvas.get_renderer()
-    marks = []  # each marker's drawn box in pixels: a marker of size s (points^2) spans sqrt(s) points
-    for c in ax.collections:
-        (cx, cy), half = ax.transData.transform(c.get_offsets()[0]), np.sqrt(c.get_sizes()[0]) / 2 * fig.dpi / 72
-        marks.append(matplotlib.transforms.Bbox([[cx - half, cy - half], [cx + half, cy + half]]))
-    assert len(marks) == len(df)
-    hits = [(t.get_text(), i) for t in ax.texts for i, m in enumerate(marks) if t.get_window_extent(renderer).overlaps(m)]
-    assert hits == []
+    assert len(ax.collections) == len(df)  # one scatter per point
+    assert _labels_over_markers(fig, ax) == []
     matplotlib.pyplot.close(fig)
 
 
@@ -186,10 +191,6 @@ def test_size_speed_labels_clear_each_other_the_markers_and_the_title():
     """Chapter 06's int8-engine variants (book at 0f71b01): the two 11.33 MB models lie on top of
     each other and the low-bit ones at the top edge, where labels printed over each other and
     over the title."""
-    from matplotlib.transforms import Bbox
-
-    from qlib import plots_ptq
-
     df = pd.DataFrame([("FP32", 44.84, 647, .9362, "fp32"), ("int8 PTQ (torch default, no smoothing)", 11.33, 2645, .9356, "int8"),
                        ("SmoothQuant W8A8", 11.33, 2582, .9362, "smoothquant"), ("GPTQ W4A8 (int8 engine)", 5.69, 2688, .9323, "gptq"),
                        ("GPTQ W2A8 (int8 engine)", 2.83, 2690, .9343, "gptq")],
@@ -197,12 +198,7 @@ def test_size_speed_labels_clear_each_other_the_markers_and_the_title():
     fig = plots_ptq.size_speed(df)
     ax, renderer = fig.axes[0], fig.canvas.get_renderer()
     assert len(ax.texts) == len(df) and _overlapping(fig, ax.texts) == []
-    marks = []
-    for c in ax.collections:
-        (cx, cy), half = ax.transData.transform(c.get_offsets()[0]), np.sqrt(c.get_sizes()[0]) / 2 * fig.dpi / 72
-        marks.append(Bbox([[cx - half, cy - half], [cx + half, cy + half]]))
-    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
-    assert [(name, i) for name, b in boxes.items() for i, m in enumerate(marks) if b.overlaps(m)] == []
+    assert len(ax.collections) == len(df) and _labels_over_markers(fig, ax) == []
     title = ax.title.get_window_extent(renderer)
-    assert [name for name, b in boxes.items() if b.overlaps(title)] == []
+    assert [t.get_text() for t in ax.texts if t.get_window_extent(renderer).overlaps(title)] == []
     matplotlib.pyplot.close(fig)
