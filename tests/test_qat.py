@@ -129,7 +129,7 @@ def test_learn_refuses_what_it_cannot_do(fp, splits):
         qat.train_int8(fp, splits, QATSettings(epochs=2, learn="steps"), progress=False)
 
 
-@pytest.mark.parametrize("steps,n_train,epochs,per_pass", [(270, 6946, 5, 54), (45, 6946, 1, 45),
+@pytest.mark.parametrize("steps,n_train,epochs,per_pass", [(270, 6946, 5, 54), (240, 6946, 5, 48), (45, 6946, 1, 45),
                                                             (55, 6946, 1, 55), (56, 6946, 2, 28), (60, 700, 10, 6)])
 def test_with_steps_spreads_a_step_budget_over_passes(steps, n_train, epochs, per_pass):
     base = QATSettings(lr=1e-5, w_bits=4, a_bits=4, seed=3)
