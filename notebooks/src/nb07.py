@@ -395,8 +395,9 @@ The recoveries above come from one fine-tune each, and a few dozen images decide
 model disagrees with FP32 on about one held-out image in fifty, so one image is about 2% of its
 loss. The fine-tune's seed (batch order, augmentation, mixup) changes which of those images flip.
 So each A4 configuration is fine-tuned again with other seeds, same recipe and same number of steps.
-Then the same recipe gets the whole 5-minute budget of the targets, with its cosine schedule
-stretched over all the steps. It is measured against FP32 along the way with `lsq_curve.run`. The
+Then the same recipe is given the 5-minute budget of the targets: as many steps as take about
+four minutes on this machine (its speed varies from day to day, and a run must stay inside five),
+with its cosine schedule stretched over all of them. It is measured against FP32 along the way with `lsq_curve.run`. The
 measurements change nothing in the training, and their time is not counted. Runs longer than the
 budget are one command, `python -m qlib.lsq_curve` (README, "Longer QAT runs").
 """),
