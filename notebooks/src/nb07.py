@@ -615,12 +615,21 @@ if learn_runs:
     else:
         lines.append("\\nLearning only the input steps does not lose agreement everywhere, so the controls do not single out the steps.")
     if ("W4A4", "steps", True) in end:
-        p_end = end[("W4A4", "steps", True)]
+        p_end, p_mix = end[("W4A4", "steps", True)], end[("W4A4", "steps", False)]
+        seeds4 = spread[spread.config == "W4A4"]["recovered"]  # one recipe's recovery between seeds (45-step runs)
+        gap, loss4 = abs(p_end - p_mix), (1 - recovery("W4A4")[0]) * ref.fp["n_fidelity"]  # W4A4 PTQ's loss in images
         lines.append(
             f"\\nOn the training images as they are, without blends or augmentation, W4A4's input steps end at {p_end:+.0%} "
-            f"(with them {end[('W4A4', 'steps', False)]:+.0%}): " + (
-                "the blends and the augmentation are not what the steps adapt to." if (p_end < 0) == (end[('W4A4', 'steps', False)] < 0)
-                else "the two differ in sign, so the blends or the augmentation matter."))
+            f"(with them {p_mix:+.0%}): " + (
+                "they lose held-out agreement either way, so the blends and the augmentation are not what makes them lose it. "
+                if (p_end < 0) == (p_mix < 0) else "the two differ in sign, so the blends or the augmentation matter. ")
+            + f"The two differ by {gap:.0%} of PTQ's loss ({n_images(gap * loss4)}), "
+            + (f"no more than one recipe's recovery moves between seeds ({seeds4.min():+.0%} to {seeds4.max():+.0%} for "
+               f"W4A4's {lsq_steps}-step runs): not a difference this test can tell from the draw."
+               if round(gap * loss4) <= round((seeds4.max() - seeds4.min()) * loss4) else  # compared in whole images
+               f"more than one recipe's recovery moves between seeds ({seeds4.min():+.0%} to {seeds4.max():+.0%} for "
+               f"W4A4's {lsq_steps}-step runs): the {'blends make' if p_mix < p_end else 'plain images make'} the steps "
+               "lose more."))
     if null_rec:
         nr, fine = np.array(null_rec), end[("W4A4", "steps", False)]
         below = int((nr <= fine).sum())
