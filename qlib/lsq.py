@@ -33,6 +33,7 @@ The loss mixes cross-entropy and, with ``distill > 0``, the KL divergence to the
 outputs (knowledge distillation: the study measures agreement with FP).
 
 The fine-tune itself is ``qat.fit`` with ``qat.QATSettings``: the loop int8 QAT uses too.
+``reconstruct`` fits the same steps and biases by another objective, block by block (BRECQ's).
 """
 from __future__ import annotations
 
@@ -354,6 +355,77 @@ def lsq_train(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings,
                    desc=f"LSQ W{settings.w_bits}A{settings.a_bits or 32}",
                    after_step=after_step, evaluate=None if validate else (lambda m: float("nan")))
     return model.cpu().eval(), hist
+
+
+def _units(model: nn.Module) -> list:
+    """A ResNet-18 as the units block-wise reconstruction fits one after the other: the stem,
+    the eight residual blocks, the head."""
+    return ([nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)]
+            + [b for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer]
+            + [nn.Sequential(model.avgpool, nn.Flatten(1), model.fc)])
+
+
+@torch.no_grad()
+def _apply(unit: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([unit(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def reconstruct(model: nn.Module, model_fp: nn.Module, x: torch.Tensor, iters: int = 200,
+                step_lr: float = 1e-3, bias_lr: float = 1e-4, batch_size: int = 64, seed: int = 0,
+                progress: bool = True) -> tuple:
+    """Block-wise reconstruction (BRECQ's objective, Li et al., ICLR 2021) of an LSQ model's
+    steps and biases, in place of an end-to-end fine-tune: unit by unit (the stem, each residual
+    block, the head), Adam fits the unit's learned steps (inputs and weights, as logarithms, at
+    ``step_lr``) and biases (``bias_lr``) so that, reading the quantized model's own output of the
+    units before it, the unit reproduces the FP unit's output on the images ``x`` (mean squared
+    error; the head's output is the logits). The weights stay where they are (GPTQ's grid
+    points); their codes move only with their steps. ``model`` is not changed.
+
+    Returns ``(reconstructed model, [{"unit", "mse_before", "mse_after"}])``, each unit's error
+    on all of ``x`` before and after its ``iters`` updates."""
+    from tqdm.auto import tqdm
+    qat._check_int("iters", iters, 1)
+    qat._check_int("batch_size", batch_size, 1)
+    qat._check_float("step_lr", step_lr, 0.0, 1.0, lo_open=False)
+    qat._check_float("bias_lr", bias_lr, 0.0, 1.0, lo_open=False)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or len(x) == 0 or not x.is_floating_point():
+        raise ValueError(f"x: expected a non-empty float batch of images [N, C, H, W], got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not any(isinstance(m, _LSQMixin) for m in model.modules()):
+        raise ValueError(f"model: {type(model).__name__} has no LSQ layers; expected a model "
+                         "from lsq_model or lsq_train")
+    int8.check_resnet18(model_fp)
+    model = copy.deepcopy(model).cpu().float().eval()
+    teacher = quant.fold_batchnorm(model_fp).cpu().float().eval()
+    gen = torch.Generator().manual_seed(seed)
+    units = list(zip(_units(teacher), _units(model)))
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    for p in weights:  # not learned here: no gradient to compute
+        p.requires_grad_(False)
+    history, x_fp, x_q = [], x.float(), x.float()
+    bar = tqdm(total=iters * len(units), desc="reconstruction", unit="batch", disable=not progress,
+               mininterval=2)
+    for k, (u_fp, u_q) in enumerate(units):
+        y_fp = _apply(u_fp, x_fp)
+        before = float(F.mse_loss(_apply(u_q, x_q), y_fp))
+        steps = [p for n, p in u_q.named_parameters() if n.endswith("log_step")]
+        biases = [p for n, p in u_q.named_parameters() if n.endswith("bias")]
+        opt = torch.optim.Adam([{"params": steps, "lr": step_lr}, {"params": biases, "lr": bias_lr}])
+        for _ in range(iters):
+            b = torch.randint(0, len(x_q), (min(batch_size, len(x_q)),), generator=gen)
+            with torch.enable_grad():
+                loss = F.mse_loss(u_q(x_q[b]), y_fp[b])
+                opt.zero_grad()
+                loss.backward()
+            opt.step()
+            clamp_steps_(u_q)
+            bar.update()
+        x_q, x_fp = _apply(u_q, x_q), y_fp
+        history.append({"unit": k, "mse_before": before, "mse_after": float(F.mse_loss(x_q, y_fp))})
+    bar.close()
+    for p in weights:
+        p.requires_grad_(True)
+    return model, history
 
 
 def export_model(model: nn.Module) -> nn.Module:

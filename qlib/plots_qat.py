@@ -231,3 +231,38 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     spread_labels(b, texts, df.disagreements.to_numpy(), df.predicted.to_numpy(), expand=(1.3, 1.6),  # the W2 cluster
                    markers=marks)
     return fig
+
+
+UNIT_NAMES = ["stem"] + [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)] + ["head"]
+
+
+def reconstruction(history: dict, recovered: dict, target: float = 0.5,
+                   title: str = "Block-wise reconstruction of the steps and biases"):
+    """``history``: config -> ``lsq.reconstruct``'s per-unit errors; ``recovered``: config ->
+    {run label: share of PTQ's agreement loss won back}. Left: the share of each unit's output
+    error (on the reconstruction images) that the reconstruction removed; right: the held-out
+    recoveries side by side, with the target."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    for i, (c, h) in enumerate(history.items()):
+        removed = [100 * (1 - u["mse_after"] / u["mse_before"]) if u["mse_before"] > 0 else 0.0 for u in h]
+        a.plot(range(len(h)), removed, marker="o", color=plt.cm.tab10(i % 10), label=c)
+    a.axhline(0, color="gray", lw=0.8)
+    a.set_xticks(range(len(UNIT_NAMES)), UNIT_NAMES, rotation=45, ha="right", fontsize=8)
+    a.set_ylabel("unit output error removed (%)")
+    a.set_title("on the reconstruction images (training split)", fontsize=9)
+    a.legend(fontsize=8)
+    configs = list(recovered)
+    runs = list(dict.fromkeys(k for v in recovered.values() for k in v))
+    width = 0.8 / max(len(runs), 1)
+    for j, run in enumerate(runs):
+        xs = [i + (j - (len(runs) - 1) / 2) * width for i in range(len(configs))]
+        b.bar(xs, [100 * recovered[c].get(run, np.nan) for c in configs], width, label=run, color=plt.cm.Set2(j % 8))
+    b.axhline(100 * target, color="black", ls="--", lw=1, label=f"target ({target:.0%})")
+    b.axhline(0, color="gray", lw=0.8)
+    b.set_xticks(range(len(configs)), configs)
+    b.set_ylabel("PTQ's agreement loss won back (%)")
+    b.set_title("on the held-out images", fontsize=9)
+    b.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -213,6 +213,49 @@ def test_lsq_model_needs_calibration_images_and_known_layers(fp):
         lsq.lsq_model(fp, QATSettings(w_bits=4, a_bits=None, keep_8bit=("head",)))
 
 
+# ---- block-wise reconstruction ------------------------------------------------------------
+
+def test_units_compose_to_the_model(fp, x):
+    """The units reconstruction fits one after the other are the whole network, in order."""
+    y = x
+    for u in lsq._units(fp.eval()):
+        y = u(y)
+    assert torch.allclose(y, fp(x), atol=1e-5)
+
+
+def test_reconstruct_lowers_the_unit_errors_and_learns_only_steps_and_biases(fp, x):
+    m0 = lsq.lsq_model(fp, QATSettings(w_bits=4, a_bits=4, w_range="minmax"), calib_x=x)
+    before = {k: v.clone() for k, v in m0.state_dict().items()}
+    fp_before = {k: v.clone() for k, v in fp.state_dict().items()}
+    m, hist = lsq.reconstruct(m0, fp, x, iters=30, progress=False)
+    assert [h["unit"] for h in hist] == list(range(10))
+    for k, v in m0.state_dict().items():  # neither input model is changed
+        assert torch.equal(v, before[k]), k
+    for k, v in fp.state_dict().items():
+        assert torch.equal(v, fp_before[k]), k
+    after = m.state_dict()
+    for k, v in before.items():
+        if k.endswith("weight"):  # the weights stay on their grid points
+            assert torch.equal(after[k], v), k
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if k.endswith("log_step"))
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if k.endswith("bias"))
+    assert all(p.requires_grad for p in m.parameters())  # handed back trainable
+    assert sum(h["mse_after"] for h in hist) < sum(h["mse_before"] for h in hist)
+    assert all((v >= lsq.LOG_STEP_MIN).all() for k, v in after.items() if k.endswith("log_step"))
+
+
+def test_reconstruct_rejects_bad_arguments(fp, x):
+    m0 = lsq.lsq_model(fp, QATSettings(w_bits=4, a_bits=4, w_range="minmax"), calib_x=x)
+    with pytest.raises(ValueError, match="iters=0: expected an integer >= 1"):
+        lsq.reconstruct(m0, fp, x, iters=0)
+    with pytest.raises(ValueError, match="step_lr=-0.1"):
+        lsq.reconstruct(m0, fp, x, step_lr=-0.1)
+    with pytest.raises(ValueError, match=r"x: expected a non-empty float batch of images \[N, C, H, W\], got \(8, 3072\)"):
+        lsq.reconstruct(m0, fp, x.flatten(1))
+    with pytest.raises(ValueError, match="has no LSQ layers"):
+        lsq.reconstruct(fp, fp, x)
+
+
 # ---- the fine-tune's callback and configurations by name ------------------------------
 
 def test_on_step_sees_the_start_and_every_optimizer_step(fp, splits, x):
