@@ -358,18 +358,14 @@ def lsq_train(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings,
 
 
 def _units(model: nn.Module) -> list:
-    """A ResNet-18 as the units block-wise reconstruction fits one after the other: the stem,
-    the eight residual blocks, the head."""
-    return ([nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)]
-            + [b for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer]
-            + [nn.Sequential(model.avgpool, nn.Flatten(1), model.fc)])
+    """A ResNet-18 as the ``(name, unit)`` pairs block-wise reconstruction fits one after the
+    other: the stem, the eight residual blocks (``layer1.0`` ... ``layer4.1``), the head."""
+    return ([("stem", nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool))]
+            + [(f"layer{i}.{j}", b) for i in range(1, 5) for j, b in enumerate(getattr(model, f"layer{i}"))]
+            + [("head", nn.Sequential(model.avgpool, nn.Flatten(1), model.fc))])
 
 
-@torch.no_grad()
-def _apply(unit: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    return torch.cat([unit(x[i:i + batch]) for i in range(0, len(x), batch)])
-
-
+@torch.no_grad()  # the outputs and errors; each update enables gradients for itself
 def reconstruct(model: nn.Module, model_fp: nn.Module, x: torch.Tensor, iters: int = 200,
                 step_lr: float = 1e-3, bias_lr: float = 1e-4, batch_size: int = 64, seed: int = 0,
                 progress: bool = True) -> tuple:
@@ -381,8 +377,9 @@ def reconstruct(model: nn.Module, model_fp: nn.Module, x: torch.Tensor, iters: i
     error; the head's output is the logits). The weights stay where they are (GPTQ's grid
     points); their codes move only with their steps. ``model`` is not changed.
 
-    Returns ``(reconstructed model, [{"unit", "mse_before", "mse_after"}])``, each unit's error
-    on all of ``x`` before and after its ``iters`` updates."""
+    Returns ``(reconstructed model, [{"unit", "mse_before", "mse_after"}])``: each unit's name
+    (``"stem"``, ``"layer1.0"``, ..., ``"head"``) and its error on all of ``x`` before and after
+    its ``iters`` updates."""
     from tqdm.auto import tqdm
     qat._check_int("iters", iters, 1)
     qat._check_int("batch_size", batch_size, 1)
@@ -405,9 +402,13 @@ def reconstruct(model: nn.Module, model_fp: nn.Module, x: torch.Tensor, iters: i
     history, x_fp, x_q = [], x.float(), x.float()
     bar = tqdm(total=iters * len(units), desc="reconstruction", unit="batch", disable=not progress,
                mininterval=2)
-    for k, (u_fp, u_q) in enumerate(units):
-        y_fp = _apply(u_fp, x_fp)
-        before = float(F.mse_loss(_apply(u_q, x_q), y_fp))
+
+    def outputs(unit, v):
+        return calib.run(unit, v, batch_size=256, keep=True)
+
+    for (name, u_fp), (_, u_q) in units:
+        y_fp = outputs(u_fp, x_fp)
+        before = float(F.mse_loss(outputs(u_q, x_q), y_fp))
         steps = [p for n, p in u_q.named_parameters() if n.endswith("log_step")]
         biases = [p for n, p in u_q.named_parameters() if n.endswith("bias")]
         opt = torch.optim.Adam([{"params": steps, "lr": step_lr}, {"params": biases, "lr": bias_lr}])
@@ -420,8 +421,8 @@ def reconstruct(model: nn.Module, model_fp: nn.Module, x: torch.Tensor, iters: i
             opt.step()
             clamp_steps_(u_q)
             bar.update()
-        x_q, x_fp = _apply(u_q, x_q), y_fp
-        history.append({"unit": k, "mse_before": before, "mse_after": float(F.mse_loss(x_q, y_fp))})
+        x_q, x_fp = outputs(u_q, x_q), y_fp
+        history.append({"unit": name, "mse_before": before, "mse_after": float(F.mse_loss(x_q, y_fp))})
     bar.close()
     for p in weights:
         p.requires_grad_(True)

@@ -233,9 +233,6 @@ def noise_and_flips(df, sd_needed: dict | None = None,
     return fig
 
 
-UNIT_NAMES = ["stem"] + [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)] + ["head"]
-
-
 def reconstruction(history: dict, recovered: dict, target: float = 0.5,
                    title: str = "Block-wise reconstruction of the steps and biases"):
     """``history``: config -> ``lsq.reconstruct``'s per-unit errors; ``recovered``: config ->
@@ -246,8 +243,9 @@ def reconstruction(history: dict, recovered: dict, target: float = 0.5,
     for i, (c, h) in enumerate(history.items()):
         removed = [100 * (1 - u["mse_after"] / u["mse_before"]) if u["mse_before"] > 0 else 0.0 for u in h]
         a.plot(range(len(h)), removed, marker="o", color=plt.cm.tab10(i % 10), label=c)
+    units = [u["unit"] for u in next(iter(history.values()), [])]
     a.axhline(0, color="gray", lw=0.8)
-    a.set_xticks(range(len(UNIT_NAMES)), UNIT_NAMES, rotation=45, ha="right", fontsize=8)
+    a.set_xticks(range(len(units)), units, rotation=45, ha="right", fontsize=8)
     a.set_ylabel("unit output error removed (%)")
     a.set_title("on the reconstruction images (training split)", fontsize=9)
     a.legend(fontsize=8)
