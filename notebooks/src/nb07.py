@@ -591,6 +591,7 @@ if ("W4A4", False) in in_moved:  # random moves of the W4A4 PTQ model's input st
                 if getattr(mod, "a_log_step", None) is not None:
                     mod.a_log_step += float(rng.normal(0.0, sigma))
         null_rec.append(measure.recovery(recovery("W4A4")[0], ref.row(m_r)["agreement"]))
+    null_rec = [r for r in null_rec if np.isfinite(r)]  # none when PTQ loses nothing (a recovery is then undefined)
 if learn_runs:
     both = {c: budget_curves[c] for c in dict.fromkeys(c for c, _, _ in learn_runs)}
     fig = plots_qat.recovery_curves({**{f"{c}, everything (above)": r for c, r in both.items()},
@@ -617,7 +618,7 @@ if learn_runs:
             "), and on the held-out images that turns more answers than it keeps.")
     else:
         lines.append("\\nLearning only the input steps does not lose agreement everywhere, so the controls do not single out the steps.")
-    if ("W4A4", "steps", True) in end:
+    if ("W4A4", "steps", True) in end and loss_images("W4A4") > 0:  # recoveries are undefined when PTQ loses nothing
         p_end, p_mix = end[("W4A4", "steps", True)], end[("W4A4", "steps", False)]
         seeds4 = spread[spread.config == "W4A4"]["recovered"]  # one recipe's recovery between seeds (45-step runs)
         gap, loss4 = abs(p_end - p_mix), loss_images("W4A4")
@@ -665,12 +666,14 @@ their rounding (AdaRound), which is another method than LSQ's.
 """),
 code("""
 recon_x, _ = calib.sample(splits, recon_images, cfg.seed)
-recon_hist, recon_rec, recon_min = {}, {}, {}
+recon_hist, recon_rec, recon_min, won_images = {}, {}, {}, {}
 for c in a4:
     t = time.time()
     m_r, recon_hist[c] = lsq.reconstruct(ptq_models[c], fp, recon_x, iters=recon_iters, seed=cfg.seed, progress=False)
     recon_min[c] = (time.time() - t) / 60
-    recon_rec[c] = measure.recovery(recovery(c)[0], ref.row(m_r)["agreement"])
+    agree_r = ref.row(m_r)["agreement"]
+    recon_rec[c] = measure.recovery(recovery(c)[0], agree_r)
+    won_images[c] = round((agree_r - recovery(c)[0]) * ref.fp["n_fidelity"])  # held-out images won back (net)
 removed = {c: np.array([1 - u["mse_after"] / u["mse_before"] for u in h if u["mse_before"] > 0]) for c, h in recon_hist.items()}
 if recon_hist:
     fig = plots_qat.reconstruction(recon_hist, {c: {f"fine-tune, {lsq_steps} steps": recovery(c)[2],
@@ -679,7 +682,6 @@ if recon_hist:
                                    title=f"Block-wise reconstruction of the A4 PTQ models ({len(recon_x):,} training images, "
                                          f"{recon_iters} updates per unit)")
     allr = np.concatenate(list(removed.values()))
-    won_images = {c: round(recon_rec[c] * loss_images(c)) for c in recon_hist}
     display(Markdown(
         f"On its own images the reconstruction changes a unit's output error by {-allr.max():+.1%} to {-allr.min():+.1%} "
         f"(median {-np.median(allr):+.1%}), in {min(recon_min.values()):.1f}–{max(recon_min.values()):.1f} min per configuration. On the "
