@@ -111,8 +111,9 @@ browser:
 
 test: unit nbval
 
-# tests/ includes test_book.py: it builds the book from smoke-executed chapters and checks it in
-# headless Chromium (installed here by `browser` when missing).
+# tests/ includes test_book.py: it builds the HTML of the published book (the chapters executed
+# into book/) and checks it in headless Chromium (installed here by `browser` when missing). The
+# chapters themselves are executed in smoke mode once, by nbval.
 unit: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
 
