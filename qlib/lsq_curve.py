@@ -75,7 +75,10 @@ def main(argv=None) -> int:
                     "8 bits, distillation to FP32, mixup, Adam, cosine schedule over all steps), with its "
                     "agreement and KL to FP32 on the held-out images measured along the way. Data: QLIB_DATA.")
     ap.add_argument("--config", default="W2A4", help="weight and activation bits, e.g. W2A4 (default)")
-    ap.add_argument("--steps", type=int, default=240, help="optimizer steps of batch 128 in all (default 240, chapter 07's 5-minute runs)")
+    ap.add_argument("--steps", type=int, default=240, help="optimizer steps of batch 128 in all (default 240)")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="time box of the optimizer steps: the cosine schedule is fitted to the steps that take this "
+                         "long at the pace of the first 10, at most --steps (default: none; chapter 07's 5-minute runs: 4.5)")
     ap.add_argument("--every", type=int, default=None, help="steps between measurements (default steps/10)")
     ap.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the weights (default 1e-4)")
     ap.add_argument("--step-lr", type=float, default=1e-3, help="of the steps' logarithms (default 1e-3)")
@@ -93,11 +96,12 @@ def main(argv=None) -> int:
         if a.steps < 1:
             raise ValueError(f"--steps {a.steps}: expected an integer >= 1")
         every = a.every if a.every is not None else max(1, a.steps // 10)
-        splits = qdata.load(cfg)
         keep = ("conv1", "fc")
         s = QATSettings(lr=a.lr, step_lr=a.step_lr, optimizer="adam", distill=1.0, mixup=a.mixup, augment=a.augment,
-                        keep_8bit=keep,
-                        w_bits=w, a_bits=b, learn=a.learn, seed=cfg.seed if a.seed is None else a.seed).with_steps(a.steps, len(splits.train))
+                        keep_8bit=keep, w_bits=w, a_bits=b, learn=a.learn, minutes=a.minutes,
+                        seed=cfg.seed if a.seed is None else a.seed)  # checked before the data are read
+        splits = qdata.load(cfg)
+        s = s.with_steps(a.steps, len(splits.train))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -105,7 +109,8 @@ def main(argv=None) -> int:
     calib_x, _ = calib.sample(splits, cfg.calib_size, cfg.seed)
     ref = measure.Reference(fp, splits)
     init = gptq_init(fp, w, calib_x, keep)
-    print(f"{a.config}: {s.max_steps} steps over {s.epochs} epochs of {len(splits.train)} training images; "
+    print(f"{a.config}: {s.max_steps} steps" + (f" at most, as many as {a.minutes:g} min of training hold," if a.minutes else "")
+          + f" over {s.epochs} epochs of {len(splits.train)} training images; "
           f"agreement and KL on {ref.fp['n_fidelity']} held-out images every {every} steps", flush=True)
 
     def show(r):
@@ -117,7 +122,7 @@ def main(argv=None) -> int:
     if a.out:
         out = write_json({"config": a.config, "settings": {k: getattr(s, k) for k in (
             "epochs", "max_steps", "lr", "step_lr", "mixup", "augment", "distill", "seed", "keep_8bit",
-            "learn")},
+            "learn", "minutes")},
             "rows": rows}, a.out)
         print(f"wrote {out}")
     return 0

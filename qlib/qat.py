@@ -52,6 +52,7 @@ def _check_float(name, v, lo, hi, lo_open=True):
 
 
 OPTIMIZERS = ("sgd", "adam")
+PACE_STEPS = 10  # a time-boxed fine-tune (QATSettings.minutes) sets its schedule's length after this many steps
 LEARN = ("all", "weights", "steps")
 
 
@@ -97,6 +98,7 @@ class QATSettings:
     label_smoothing: float = 0.1
     freeze_epochs: int = 1
     max_steps: Optional[int] = None
+    minutes: Optional[float] = None
     distill: float = 0.0
     mixup: float = 0.0
     augment: bool = True
@@ -122,6 +124,8 @@ class QATSettings:
         _check_float("label_smoothing", self.label_smoothing, 0.0, 0.5, lo_open=False)
         _check_int("freeze_epochs", self.freeze_epochs, 0, self.epochs)
         _check_int("max_steps", self.max_steps, 1, allow_none=True)
+        if self.minutes is not None:
+            _check_float("minutes", self.minutes, 0.0, 24 * 60.0)
         _check_float("distill", self.distill, 0.0, 1.0, lo_open=False)
         _check_float("mixup", self.mixup, 0.0, 10.0, lo_open=False)
         if not isinstance(self.augment, bool):
@@ -173,11 +177,14 @@ def _loss(out, y, teacher_out, s: QATSettings, y2=None, lam=1.0):
 
 
 def fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True, desc="QAT",
-        on_epoch=None, after_step=None, evaluate=None):
+        on_epoch=None, after_step=None, evaluate=None, clock=time.perf_counter):
     """Fine-tune ``model`` on ``splits.train`` with ``s``: SGD with momentum or Adam, cosine LR over
     all steps, ``models.augment`` (unless ``s.augment`` is False), mixup and distillation to
     ``teacher`` as ``s`` says; the parameters named ``*_step`` (LSQ's learned steps) form their
-    own group at ``s.step_lr``. Returns the curves (one entry per epoch)."""
+    own group at ``s.step_lr``. With ``s.minutes`` the run is time-boxed (``QATSettings``), timed
+    by ``clock`` (seconds). Returns the curves (one entry per epoch) and, for the whole run,
+    ``train_seconds`` (the optimizer steps' time, callbacks and validation excluded),
+    ``schedule_steps`` (the cosine schedule's length) and ``stopped_at_budget``."""
     from tqdm.auto import tqdm
 
     device = _device(device)
@@ -210,22 +217,27 @@ def fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True,
     groups = [g for g in groups if g["params"]]
     opt = (torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum) if s.optimizer == "sgd"
            else torch.optim.Adam(groups, lr=s.lr))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(  # reads ``total`` when called: a time box may shorten it
+        opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
+    budget = None if s.minutes is None else 60.0 * s.minutes
     gen = torch.Generator().manual_seed(s.seed)
     mix_rng = np.random.default_rng(s.seed)
     hist = {"epoch": [], "train_loss": [], "train_acc": [], "val_acc": [], "lr": [],
             "seconds": [], "steps": []}
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, mininterval=2)
     t_start = time.time()
+    done, trained, stopped = 0, 0.0, False  # optimizer steps, their seconds, stopped by the time box
     for ep in range(s.epochs):
+        if done >= total:
+            break
         if on_epoch is not None:
             on_epoch(model, ep)
         model.train()
         t0, loss_sum, correct, seen, steps = time.time(), 0.0, 0, 0, 0
+        mark = clock()
         for x, y in qdata.batches(splits.train, s.batch_size, shuffle=True,
                                   seed=s.seed * 1000 + ep):
-            if steps >= per_epoch:
+            if steps >= per_epoch or done >= total:
                 break
             x, y = (models.augment(x, gen) if s.augment else x).to(device), y.to(device)
             y2, lam = None, 1.0
@@ -243,13 +255,23 @@ def fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True,
             loss.backward()
             opt.step()
             sched.step()
-            if after_step is not None:
-                after_step(model)
             loss_sum += loss.item() * len(y)
             correct += (out.argmax(1) == y).sum().item()
             seen += len(y)
-            steps += 1
+            steps, done = steps + 1, done + 1
+            trained += clock() - mark
             bar.update(1)
+            if budget is not None and done == PACE_STEPS:  # the schedule: the steps the budget holds at this pace
+                total = min(total, max(done, int(budget * done / trained)))
+                bar.total = total
+                bar.refresh()
+            if budget is not None and trained >= budget and done < total:  # slower than its pace: out of time
+                stopped = True
+            if after_step is not None:
+                after_step(model)
+            if stopped:
+                break
+            mark = clock()
         val = evaluate(model) if evaluate is not None else models.evaluate(model, splits.val)["accuracy"]
         hist["epoch"].append(ep + 1)
         hist["train_loss"].append(loss_sum / max(1, seen))
@@ -259,10 +281,13 @@ def fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True,
         hist["seconds"].append(time.time() - t0)
         hist["steps"].append(steps)
         bar.set_postfix(epoch=ep + 1, loss=f"{loss_sum / max(1, seen):.3f}", val=f"{val:.3f}")
+        if stopped:
+            break
     bar.close()
     for p, g in zip(frozen, grad_before):
         p.requires_grad_(g)
     hist["total_seconds"] = time.time() - t_start
+    hist.update(train_seconds=trained, schedule_steps=total, stopped_at_budget=stopped)
     model.eval()
     return hist
 
@@ -284,6 +309,9 @@ def train_int8(model_fp: nn.Module, splits: qdata.Splits, settings: QATSettings 
     if settings.w_bits != 8 or settings.a_bits != 8:
         raise ValueError(f"w_bits={settings.w_bits}, a_bits={settings.a_bits}: int8 QAT on the "
                          "engine needs w_bits=8 and a_bits=8 (use lsq_train for lower bits)")
+    if settings.minutes is not None:
+        raise ValueError(f"minutes={settings.minutes!r}: int8 QAT freezes its last epochs, which a time box "
+                         "could cut short; expected minutes=None (a time box is for LSQ runs, lsq_train)")
     from_ptq = calib_x is not None
     if not from_ptq and settings.freeze_epochs >= settings.epochs:  # observers would never see a batch
         raise ValueError(f"freeze_epochs={settings.freeze_epochs} with epochs={settings.epochs}: int8 QAT "

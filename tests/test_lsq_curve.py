@@ -34,6 +34,8 @@ def test_command_line_rejects_bad_arguments_before_loading_data(capsys, monkeypa
     assert "config='W9A4'" in capsys.readouterr().err
     assert lsq_curve.main(["--steps", "0"]) == 2
     assert "--steps 0: expected an integer >= 1" in capsys.readouterr().err
+    assert lsq_curve.main(["--minutes", "0"]) == 2
+    assert "minutes=0.0: expected a number in (0.0, 1440.0]" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         lsq_curve.main(["--learn", "biases"])
     assert "invalid choice: 'biases'" in capsys.readouterr().err
@@ -45,11 +47,13 @@ def test_command_line_runs_end_to_end_in_smoke_mode(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("QLIB_SMOKE", "1")
     monkeypatch.setenv("QLIB_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "runs" / "w4a8.json"
-    assert lsq_curve.main(["--config", "W4A8", "--steps", "3", "--every", "2", "--no-augment", "--out", str(out)]) == 0
+    assert lsq_curve.main(["--config", "W4A8", "--steps", "3", "--every", "2", "--no-augment", "--minutes", "10",
+                           "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["config"] == "W4A8" and res["settings"]["max_steps"] == 3 and res["settings"]["augment"] is False
+    assert res["settings"]["minutes"] == 10
     assert [r["step"] for r in res["rows"]] == [0, 2, 3]
     assert all(0 <= r["agreement"] <= 1 and r["kl"] >= 0 for r in res["rows"])
     assert list(out.parent.iterdir()) == [out]  # written under a temporary name, then renamed
     printed = capsys.readouterr().out
-    assert "W4A8: 3 steps" in printed and printed.count("agreement") == 4  # header + 3 rows
+    assert "W4A8: 3 steps at most, as many as 10 min of training hold" in printed and printed.count("agreement") == 4  # header + 3 rows

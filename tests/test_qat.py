@@ -169,3 +169,68 @@ def test_augment_false_trains_on_the_images_as_they_are(splits):
         assert len(batch) == len(train)
         exact = (batch[:, None] == train[None]).all(2).any(1)  # each seen image equals a train image
         assert exact.all() if not augment else not exact.any(), augment
+
+
+class _Clock:
+    """A fake clock for ``qat.fit``: each training forward takes ``pace(step)`` seconds."""
+
+    def __init__(self, pace):
+        self.now, self.steps, self.pace = 0.0, 0, pace
+
+    def __call__(self):
+        return self.now
+
+
+class _Timed(_Probe):
+    def __init__(self, clock):
+        super().__init__([])
+        self.clock = clock
+
+    def forward(self, x):
+        if self.training:
+            self.clock.steps += 1
+            self.clock.now += self.clock.pace(self.clock.steps)
+        return super().forward(x)
+
+
+def _timed_fit(splits, pace, minutes, steps=100):
+    clock = _Clock(pace)
+    s = QATSettings(batch_size=8, lr=0.1, minutes=minutes).with_steps(steps, len(splits.train))
+
+    def after_step(m):  # e.g. a measurement: 7 s that are not training
+        clock.now += 7.0
+
+    hist = qat.fit(_Timed(clock), splits, s, progress=False, evaluate=lambda m: 0.0, clock=clock,
+                   after_step=after_step)
+    return hist, clock
+
+
+def test_time_box_fits_the_schedule_to_the_budget(splits):
+    """At 1 s per step a 25-second budget holds 25 steps: the cosine schedule is set to 25 after
+    the first PACE_STEPS, the run takes exactly 25 and ends at learning rate 0. Time spent in
+    callbacks (7 s after each step here) is not counted."""
+    hist, clock = _timed_fit(splits, lambda k: 1.0, minutes=25 / 60)
+    assert sum(hist["steps"]) == clock.steps == 25 and hist["schedule_steps"] == 25
+    assert hist["train_seconds"] == 25.0 and not hist["stopped_at_budget"]
+    assert hist["lr"][-1] == pytest.approx(0.0, abs=1e-12)
+    # a budget larger than the steps asked for changes nothing: the run takes all of them
+    unboxed, _ = _timed_fit(splits, lambda k: 1.0, minutes=None, steps=30)
+    hist, clock = _timed_fit(splits, lambda k: 1.0, minutes=1000 / 60, steps=30)
+    assert sum(hist["steps"]) == hist["schedule_steps"] == sum(unboxed["steps"]) == unboxed["schedule_steps"] >= 30
+    assert hist["lr"] == unboxed["lr"] and hist["train_seconds"] == clock.steps
+
+
+def test_time_box_stops_a_run_that_turns_slower(splits):
+    """Paced at 1 s per step over its first 10 steps, then 2 s: the 25 planned steps do not fit,
+    the run stops as soon as its 25 seconds are spent (step 18: 10 + 8 x 2 = 26 s) and says so."""
+    hist, clock = _timed_fit(splits, lambda k: 1.0 if k <= qat.PACE_STEPS else 2.0, minutes=25 / 60)
+    assert hist["schedule_steps"] == 25 and hist["stopped_at_budget"]
+    assert sum(hist["steps"]) == clock.steps == 18 and hist["train_seconds"] == 26.0
+
+
+def test_time_box_refuses_what_it_cannot_do(fp, splits):
+    for bad in (0, -1.0, float("nan"), 1e9, "5"):
+        with pytest.raises(ValueError, match=r"minutes=.*expected a number in \(0\.0, 1440\.0\] \(QATSettings.minutes\)"):
+            QATSettings(minutes=bad)
+    with pytest.raises(ValueError, match=r"minutes=1\.0: int8 QAT freezes its last epochs"):
+        qat.train_int8(fp, splits, QATSettings(epochs=2, minutes=1.0), progress=False)
