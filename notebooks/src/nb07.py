@@ -121,7 +121,8 @@ held_steps, held_lr = 60, 1e-4  # its optimizer steps (batch 128) and weights' l
 spread_seeds = 2       # LSQ: extra fine-tunes of each A4 configuration with other seeds (how much one run's recovery varies)
 w2a8_seeds = 2         # W2A8: extra calibration samples, each with its own GPTQ and LSQ run (how much the comparison varies)
 recon_images, recon_iters = 1024, 200  # block-wise reconstruction: training images, and Adam updates (batch 64) per unit
-budget_steps, budget_every = 200, 40  # LSQ: the chapter's recipe within the 5-minute budget (1.0-1.4 s per step from day to day: 3.3-4.7 min), measured every 40 steps
+budget_minutes = 4.5   # LSQ: the chapter's recipe time-boxed to the 5-minute target: minutes of optimizer steps (building the start model adds seconds)
+budget_steps, budget_every = 400, 40  # at most this many steps in the time box (1.0-1.7 s per step from day to day: 160-270), measured every 40 steps
 budget_lr, budget_lr_configs, budget_lr_seeds = 3e-4, ["W4A4", "W2A4"], 2  # the 5-minute run again with this weights' learning rate, these configurations, seeds
 fidelity_limit = None  # agreement on val + test (held out from QAT training); a number subsamples it
 """),
@@ -402,13 +403,20 @@ The recoveries above come from one fine-tune each, and a few dozen images decide
 model disagrees with FP32 on about one held-out image in fifty, so one image is about 2% of its
 loss. The fine-tune's seed (batch order, augmentation, mixup) changes which of those images flip.
 So each A4 configuration is fine-tuned again with other seeds, same recipe and same number of steps.
-Then the same recipe is given the 5-minute budget of the targets: as many steps as take about
-four minutes on this machine (its speed varies from day to day, and a run must stay inside five),
-with its cosine schedule stretched over all of them. It is measured against FP32 along the way with `lsq_curve.run`. The
+Then the same recipe is given the 5-minute budget of the targets: as many steps as 4.5 minutes of
+training hold (`budget_minutes`) on the machine that builds the book. The fine-tune times its first
+ten steps and stretches its cosine schedule over the steps the budget holds at that pace
+(`QATSettings.minutes`); a run that turns slower stops when its time is spent. A fixed number of
+steps could not promise five minutes: this machine's pace moves by half from one day to another.
+It is measured against FP32 along the way with `lsq_curve.run`. The
 measurements change nothing in the training, and their time is not counted. Runs longer than the
 budget are one command, `python -m qlib.lsq_curve` (README, "Longer QAT runs").
 """),
 code("""
+def boxed(s):  # the settings s, time-boxed to the 5-minute budget
+    return replace(s, minutes=budget_minutes).with_steps(budget_steps, len(splits.train))
+
+
 draws, budget_curves, budget_models, spread_rows = {}, {}, {}, []
 for c in a4:
     w, a = lsq.parse_config(c)
@@ -424,24 +432,24 @@ for c in a4:
         q = ref.row(m_k)["agreement"]
         spread_rows.append({"config": c, "seed": cfg.seed + k, "agreement": q, "recovered": measure.recovery(p0, q)})
         draws[c].append((minutes, spread_rows[-1]["recovered"]))
-    s_b = s_c.with_steps(budget_steps, len(splits.train))
-    budget_models[c], budget_curves[c] = lsq_curve.run(fp, splits, s_b, ref, budget_every, init_model=gq[w], calib_x=calib_x,
+    budget_models[c], budget_curves[c] = lsq_curve.run(fp, splits, boxed(s_c), ref, budget_every, init_model=gq[w], calib_x=calib_x,
                                                        progress=False)
 spread = pd.DataFrame(spread_rows)
 display(spread.pivot(index="seed", columns="config", values="recovered").style.format("{:+.0%}").set_caption(
     f"Share of PTQ's agreement loss won back by the chapter's {lsq_steps}-step fine-tune, per seed"))
 budget_min = {c: rows[-1]["train_seconds"] / 60 for c, rows in budget_curves.items()}
 budget_rec = {c: [r["recovered"] for r in rows] for c, rows in budget_curves.items()}
+budget_n = {c: rows[-1]["step"] for c, rows in budget_curves.items()}  # the steps each time box held
 if budget_curves:
     fig = plots_qat.recovery_curves(budget_curves, draws, target=0.5, budget_min=5.0,
-                                    title=f"LSQ from GPTQ: {budget_steps} steps with the chapter's recipe (open circles: "
+                                    title=f"LSQ from GPTQ: {budget_minutes:g} minutes with the chapter's recipe (open circles: "
                                           f"{lsq_steps}-step runs, {1 + spread_seeds} seeds)")
     lines = []
     for c in a4:
         r = spread[spread.config == c]["recovered"]
         lines.append(f"* **{c}**: over {len(r)} seeds the {lsq_steps}-step fine-tune wins back **{r.min():+.0%} to "
-                     f"{r.max():+.0%}** of PTQ's loss (mean {r.mean():+.0%}). Given {budget_steps} steps "
-                     f"({budget_min[c]:.1f} min of training), it ends at **{budget_rec[c][-1]:+.0%}**; its best measurement "
+                     f"{r.max():+.0%}** of PTQ's loss (mean {r.mean():+.0%}). Time-boxed, it took {budget_n[c]} steps "
+                     f"in {budget_min[c]:.1f} min of training and ends at **{budget_rec[c][-1]:+.0%}**; its best measurement "
                      f"along the way is {max(budget_rec[c][1:]):+.0%}, and its KL to FP32 goes from "
                      f"{budget_curves[c][0]['kl']:.4f} to {budget_curves[c][-1]['kl']:.4f}.")
     reached = [c for c in a4 if max(budget_rec[c][1:] + list(spread[spread.config == c]["recovered"])) >= 0.5]
@@ -460,26 +468,28 @@ is one draw (above). So the 5-minute run is repeated here for the two targeted c
 `budget_lr` (3e-4), with two seeds each, everything else as above, to see whether the gain holds.
 """),
 code("""
-lr_curves = {}
+lr_runs = {}  # configuration: the time-boxed runs at budget_lr, one per seed
 for c in [c for c in budget_lr_configs if c in budget_curves]:
     w, a = lsq.parse_config(c)
     for k in range(budget_lr_seeds):
-        s_lr = replace(lsq_recipe, w_bits=w, a_bits=a, lr=budget_lr, seed=cfg.seed + k).with_steps(budget_steps, len(splits.train))
-        _, lr_curves[(c, k)] = lsq_curve.run(fp, splits, s_lr, ref, budget_every, init_model=gq[w], calib_x=calib_x, progress=False)
-if lr_curves:
+        s_lr = replace(lsq_recipe, w_bits=w, a_bits=a, lr=budget_lr, seed=cfg.seed + k)
+        lr_runs.setdefault(c, []).append(lsq_curve.run(fp, splits, boxed(s_lr), ref, budget_every, init_model=gq[w],
+                                                       calib_x=calib_x, progress=False)[1])
+if lr_runs:
     fig = plots_qat.recovery_curves(
-        {**{f"{c}, weights at {lsq_lr:g} (above)": budget_curves[c] for c in dict.fromkeys(c for c, _ in lr_curves)},
-         **{f"{c}, weights at {budget_lr:g}, seed {cfg.seed + k}": r for (c, k), r in lr_curves.items()}},
-        target=0.5, budget_min=5.0, title=f"LSQ from GPTQ, {budget_steps} steps: the weights' learning rate")
+        {**{f"{c}, weights at {lsq_lr:g} (above)": budget_curves[c] for c in lr_runs},
+         **{f"{c}, weights at {budget_lr:g}, seed {cfg.seed + k}": r for c, runs in lr_runs.items() for k, r in enumerate(runs)}},
+        target=0.5, budget_min=5.0, title=f"LSQ from GPTQ, {budget_minutes:g} minutes: the weights' learning rate")
     lines = []
-    for c in dict.fromkeys(c for c, _ in lr_curves):
-        ends = [r[-1]["recovered"] for (c2, _), r in lr_curves.items() if c2 == c]
-        won = np.mean([(r[-1]["agreement"] - r[0]["agreement"]) * ref.fp["n_fidelity"] for (c2, _), r in lr_curves.items() if c2 == c])
-        best = max(x["recovered"] for (c2, _), r in lr_curves.items() if c2 == c for x in r[1:])
+    for c, runs in lr_runs.items():
+        ends = [r[-1]["recovered"] for r in runs]
+        won = np.mean([(r[-1]["agreement"] - r[0]["agreement"]) * ref.fp["n_fidelity"] for r in runs])
+        best = max(x["recovered"] for r in runs for x in r[1:])
         lines.append(f"* **{c}**: at {lsq_lr:g} the 5-minute run ends at {budget_rec[c][-1]:+.0%}; at {budget_lr:g} at "
-                     f"**{', '.join(f'{e:+.0%}' for e in ends)}** ({len(ends)} seed{'s' if len(ends) > 1 else ''}; {won:+.1f} held-out images "
+                     f"**{', '.join(f'{e:+.0%}' for e in ends)}** ({len(ends)} seed{'s' if len(ends) > 1 else ''}, "
+                     f"{', '.join(str(r[-1]['step']) for r in runs)} steps; {won:+.1f} held-out images "
                      f"won back on average of the {loss_images(c):.0f} PTQ loses), its best measurement along the way {best:+.0%}.")
-    top = max([x["recovered"] for r in lr_curves.values() for x in r[1:] if np.isfinite(x["recovered"])], default=None)
+    top = max([x["recovered"] for runs in lr_runs.values() for r in runs for x in r[1:] if np.isfinite(x["recovered"])], default=None)
     if top is not None:  # a recovery is undefined (NaN) when PTQ loses nothing
         lines.append("\\n" + ("No run reaches half of the loss." if top < 0.5 else f"At least one measurement reaches half of the loss ({top:+.0%})."))
     display(Markdown("\\n".join(lines)))
@@ -543,13 +553,13 @@ moved = {c: step_change(m, c) for c, m in budget_models.items()}
 control = {}
 if "W4A4" in budget_curves:
     w, a = lsq.parse_config("W4A4")
-    s_slow = replace(lsq_recipe, w_bits=w, a_bits=a, step_lr=lsq_step_lr / 10).with_steps(budget_steps, len(splits.train))
+    s_slow = boxed(replace(lsq_recipe, w_bits=w, a_bits=a, step_lr=lsq_step_lr / 10))
     slow = f"W4A4, steps at {s_slow.step_lr:g}"
     m_slow, control[slow] = lsq_curve.run(fp, splits, s_slow, ref, budget_every, init_model=gq[w], calib_x=calib_x,
                                           progress=False)
     moved[slow] = step_change(m_slow, "W4A4")
     fig = plots_qat.recovery_curves({f"W4A4, steps at {lsq_step_lr:g} (above)": budget_curves["W4A4"], **control}, target=0.5,
-                                    budget_min=5.0, title=f"W4A4, {budget_steps} steps: the steps' learning rate")
+                                    budget_min=5.0, title=f"W4A4, {budget_minutes:g} minutes: the steps' learning rate")
 runs = {**budget_curves, **control}
 steps_df = pd.DataFrame({k: {"median |change|": float(np.median(np.abs(list(v.values())))),
                              "largest |change|": float(max(np.abs(list(v.values())))),
@@ -559,7 +569,7 @@ steps_df = pd.DataFrame({k: {"median |change|": float(np.median(np.abs(list(v.va
                              "recovered at the end": runs[k][-1]["recovered"]} for k, (v, wv) in moved.items()}).T
 display(steps_df.style.format({"median |change|": "{:.0%}", "largest |change|": "{:.0%}", "weight steps: median": "{:.1%}",
                                "weight steps: largest": "{:.0%}", "recovered at the end": "{:+.0%}"}).set_caption(
-    f"Learned steps after {budget_steps} steps, relative to their calibrated start: |change| of each layer's input step, and of each weight channel's step"))
+    f"Learned steps after {budget_minutes:g} minutes of training, relative to their calibrated start: |change| of each layer's input step, and of each weight channel's step"))
 if control:
     fast, kl0 = budget_curves["W4A4"], budget_curves["W4A4"][0]["kl"]
     k_fast, k_slow = max(r["kl"] for r in fast), max(r["kl"] for r in control[slow])
@@ -611,8 +621,7 @@ for c, learn, on_plain in [("W4A4", "steps", False), ("W4A4", "steps", True), ("
                            ("W8A4", "steps", False)]:
     if c in budget_curves:
         w, a = lsq.parse_config(c)
-        s_l = replace(lsq_recipe, w_bits=w, a_bits=a, learn=learn, **(plain if on_plain else {})).with_steps(
-            budget_steps, len(splits.train))
+        s_l = boxed(replace(lsq_recipe, w_bits=w, a_bits=a, learn=learn, **(plain if on_plain else {})))
         m_l, learn_runs[(c, learn, on_plain)] = lsq_curve.run(fp, splits, s_l, ref, budget_every, init_model=gq[w],
                                                               calib_x=calib_x, progress=False)
         if learn == "steps":
@@ -636,7 +645,7 @@ if learn_runs:
                                     target=0.5, budget_min=5.0,
                                     band=(f"W4A4 input steps moved at random ({len(null_rec)} draws)", min(null_rec), max(null_rec))
                                     if null_rec else None,
-                                    title=f"{budget_steps} steps, learning everything, only the input steps, or only the weights")
+                                    title=f"{budget_minutes:g} minutes, learning everything, only the input steps, or only the weights")
     end = {k: r[-1]["recovered"] for k, r in learn_runs.items()} | {(c, "all", False): r[-1]["recovered"] for c, r in both.items()}
     steps_only = [c for (c, l, p) in learn_runs if l == "steps" and not p]
     lines = ["Share of PTQ's agreement loss won back at the end of the run:"] + [
@@ -714,7 +723,7 @@ for c in a4:
 removed = {c: np.array([1 - u["mse_after"] / u["mse_before"] for u in h if u["mse_before"] > 0]) for c, h in recon_hist.items()}
 if recon_hist:
     fig = plots_qat.reconstruction(recon_hist, {c: {f"fine-tune, {lsq_steps} steps": recovery(c)[2],
-                                                    f"fine-tune, {budget_steps} steps": budget_rec[c][-1],
+                                                    f"fine-tune, {budget_minutes:g} min": budget_rec[c][-1],
                                                     "block-wise reconstruction": recon_rec[c]} for c in recon_hist},
                                    title=f"Block-wise reconstruction of the A4 PTQ models ({len(recon_x):,} training images, "
                                          f"{recon_iters} updates per unit)")
@@ -1041,9 +1050,9 @@ assert r_qat8["accuracy"] >= r_ptq8["accuracy"] - noise, (r_qat8["accuracy"], r_
 # LSQ exports bit-exact packed files smaller than the int8 file
 assert (lowdf["size_mb"] < r_qat8["size_mb"]).all()
 # the measured 5-minute run starts from exactly the PTQ model of the table (GPTQ weights, calibrated steps)
-for c, rows in list(budget_curves.items()) + [("W4A4", r) for r in control.values()] + [(c, r) for (c, _), r in lr_curves.items()]:
+for c, rows in list(budget_curves.items()) + [("W4A4", r) for r in control.values()] + [(c, r) for c, runs in lr_runs.items() for r in runs]:
     assert rows[0]["step"] == 0 and rows[0]["agreement"] == recovery(c)[0], (c, rows[0]["agreement"], recovery(c)[0])
-    assert rows[-1]["step"] == budget_steps, (c, rows[-1]["step"])
+    assert 0 < rows[-1]["step"] <= budget_steps, (c, rows[-1]["step"])
 print("ok")
 """),
 code("""
@@ -1060,16 +1069,14 @@ qat_minutes = ([t / 60 for t in [qat8_s, qat8_std_s, *lr_s.values(), held_s]] + 
                + list(train_min.values()) + list(recon_min.values())
                + [m for c in draws for m, _ in draws[c][1:]]
                + [rows[-1]["train_seconds"] / 60 for rows in [*budget_curves.values(), *control.values(), *learn_runs.values(),
-                                                                *lr_curves.values()]])
+                                                                *(r for runs in lr_runs.values() for r in runs)]])
 msg.append(f"longest QAT run: {max(qat_minutes):.1f} min of training, of {len(qat_minutes)} timed runs "
            f"({'meets' if max(qat_minutes) <= 5 else 'misses'} at most 5 minutes)")
 n_fid = len(fp_top)
-lr_ends = {}  # the 5-minute runs at budget_lr: their recoveries at the end, per configuration
-for (c, _), rows in lr_curves.items():
-    lr_ends.setdefault(c, []).append(rows[-1]["recovered"])
 for c, (p, q, r) in rec.items():
     best = max([r] + [d for _, d in draws.get(c, [])] + budget_rec.get(c, [0.0])[1:])
-    best = max([best] + [x["recovered"] for (c2, _), rows in lr_curves.items() if c2 == c for x in rows[1:]])
+    best = max([best] + [x["recovered"] for rows in lr_runs.get(c, []) for x in rows[1:]])
+    lr_end = [rows[-1]["recovered"] for rows in lr_runs.get(c, [])]
     _, lo, hi = rec_ci[c]
     won, half = round((q - p) * n_fid), math.ceil(round((1 - p) * n_fid) / 2)
     target = c in ("W4A4", "W2A4")   # the issue's targets; W8A4 is reported beside them
@@ -1077,8 +1084,8 @@ for c, (p, q, r) in rec.items():
                f"of the {half} half would take; {ci_text(c)})" + (
         f" ({', '.join(f'{d:+.0%}' for _, d in draws[c][1:])} with other seeds; {budget_rec[c][-1]:+.0%} after "
         f"{budget_min[c]:.1f} min of training)" if c in budget_rec else "") +
-        (f"; {', '.join(f'{e:+.0%}' for e in lr_ends[c])} after as many steps "
-         f"at a weights' learning rate of {budget_lr:g}" if c in lr_ends else "") +
+        (f"; {', '.join(f'{e:+.0%}' for e in lr_end)} in as many minutes "
+         f"at a weights' learning rate of {budget_lr:g}" if lr_end else "") +
         (f"; against the best smoothed PTQ {vs_best[c]:+.0%}" if c in vs_best else "") +
         ("" if not target else f" — {'meets' if r >= 0.5 else 'misses'} the target of half" +
          ("" if math.isnan(lo) else f"; the interval {'lies below half' if hi < 0.5 else 'reaches half' if r < 0.5 else 'lies above half' if lo >= 0.5 else 'reaches below half'}")) +
@@ -1106,12 +1113,14 @@ if "W4A4" in lsq_configs:
 if budget_rec:
     width = spread.groupby("config")["recovered"].agg(lambda r: r.max() - r.min()).max()
     ends = ", ".join(f"{budget_rec[c][-1]:+.0%} ({c})" for c in budget_rec)
-    answer += (f"Given {budget_steps} steps ({max(budget_min.values()):.1f} min of training), the same fine-tune ends at {ends} "
+    n_lo, n_hi = min(budget_n.values()), max(budget_n.values())
+    answer += (f"Time-boxed to {budget_minutes:g} minutes ({n_lo if n_lo == n_hi else f'{n_lo}-{n_hi}'} steps, at most "
+               f"{max(budget_min.values()):.1f} min of training), the same fine-tune ends at {ends} "
                "of the loss recovered" + (", still short of half" if max(r[-1] for r in budget_rec.values()) < 0.5 else "") +
                f"; the {lsq_steps}-step run's recovery moves by up to {width:.0%} of the loss between seeds. ")
-if lr_curves:
-    answer += (f"At a weights' learning rate of {budget_lr:g} ({budget_lr / lsq_lr:g} times the chapter's) the same {budget_steps} steps end at " +
-               ", ".join(f"{r[-1]['recovered']:+.0%} ({c}, seed {cfg.seed + k})" for (c, k), r in lr_curves.items()) + ". ")
+if lr_runs:
+    answer += (f"At a weights' learning rate of {budget_lr:g} ({budget_lr / lsq_lr:g} times the chapter's) the same time box ends at " +
+               ", ".join(f"{r[-1]['recovered']:+.0%} ({c}, seed {cfg.seed + k})" for c, runs in lr_runs.items() for k, r in enumerate(runs)) + ". ")
 if recon_rec:
     answer += ("Fitting each block's output instead (block-wise reconstruction of the same steps and biases) ends at " +
                ", ".join(f"{r:+.0%} ({c})" for c, r in recon_rec.items()) + ". ")
@@ -1151,7 +1160,7 @@ if "W4A4" in lsq_configs:
     rows.append({"method": "gptq", "label": "GPTQ W4A4 (every layer 4-bit)", "bits": 4, "act_bits": 4, "granularity": "channel", "engine": "float",
                  **{k: r_all4[k] for k in keep}, "seconds": r_all4["seconds"], "calib_seed": cfg.seed,
                  "settings": {"weights": "gptq act-order", "act": "mse step (=LSQ step 0)", "keep_8bit": []}})
-results.record("07_qat", rows, cfg, data=splits.source)
+results.record("07_qat", rows, cfg, data=splits.source);  # ';': the cell shows nothing (record returns the file's path)
 """),
 ]
 write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "07_qat.ipynb"), cells)

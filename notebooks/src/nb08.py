@@ -115,7 +115,9 @@ def pick(rows, rule):
     file, the one the benchmark timed (the file as it runs).\"\"\"
     ok = rows[rule(rows)]
     timed = ok["ms_per_batch_bench"].notna() if "ms_per_batch_bench" in ok else pd.Series(False, index=ok.index)
-    return ok.assign(_timed=timed).sort_values(["size_mb", "_timed"], ascending=[True, False]).iloc[0] if len(ok) else None
+    if not len(ok):
+        return None
+    return ok.loc[pd.DataFrame({"size": ok["size_mb"], "untimed": ~timed}).sort_values(["size", "untimed"]).index[0]]
 
 ours = []
 for method, rows in main_rows(df[df["method"] != "fp32"]).groupby("method"):
@@ -132,7 +134,7 @@ def ms(r):
     v = r.get("ms_per_batch_bench")
     v = v if v is not None and not pd.isna(v) else r.get("ms_per_batch")
     return np.nan if v is None or pd.isna(v) else v
-our_tab = pd.DataFrame([{"model": f"this book: {r['label']} ({r['role']})" if "role" in r else f"this book: {r['label']}",
+our_tab = pd.DataFrame([{"model": f"this book, ch. {r['chapter'][:2]}: {r['label']}" + (f" ({r['role']})" if "role" in r else ""),
                          "accuracy (%)": round(100 * r["accuracy"], 2),
                          "95% CI": f"{100 * r['acc_lo']:.1f}–{100 * r['acc_hi']:.1f}",
                          "size (MB)": round(r["size_mb"], 2), "CPU time": ms(r),
@@ -145,8 +147,16 @@ our_tab["CPU time"] = our_tab["CPU time"].map(lambda v: "" if pd.isna(v) else f"
 table = pd.concat([seed_tab.assign(**{"CPU time": seed_tab["CPU time"].map(lambda v: f"{v} s (protocol not stated)")}), our_tab], ignore_index=True)
 display(table.style.hide(axis="index").format({"accuracy (%)": "{:.2f}", "size (MB)": "{:.2f}", "agreement (%)": "{:.2f}", "KL": "{:.4f}",
                                                "speed-up": "{:.1f}x", "fidelity images": "{:.0f}"}, na_rep=""))
+notes = []  # a row whose chapter kept layers at 8 bits, and that chapter's like-for-like PTQ row
+for r in ours.to_dict("records"):
+    keep = r["settings"].get("keep_8bit") if isinstance(r.get("settings"), dict) else None
+    twin = df[(df["chapter"] == r["chapter"]) & (df["label"] == r["label"].replace("LSQ", "GPTQ"))] if keep else df.iloc[:0]
+    if len(twin) and r["label"].startswith("LSQ"):
+        notes.append(f"{r['label']} (chapter {r['chapter'][:2]}) keeps {' and '.join(keep)} at 8 bits; beside it, at the same "
+                     f"bits and with the same layers kept, chapter {r['chapter'][:2]}'s {twin.iloc[0]['label']} agrees "
+                     f"{100 * twin.iloc[0]['agreement']:.2f}%.")
 display(Markdown("Agreement and KL are measured on the *fidelity images*: validation + test, which no variant trained or "
-                 "calibrated on (a subsample where the column says fewer)."))
+                 "calibrated on (a subsample where the column says fewer). " + " ".join(notes)))
 """),
 md("""
 ## Trade-offs: accuracy against size and speed
@@ -304,7 +314,7 @@ if not cfg.smoke and len(our_tab):
         print("README results table updated")
 results.record("08_results", [{"method": r["method"], "label": r["method"], "calib_seed": int(r["calib_seed"]),
                                "accuracy": r["accuracy"], "agreement": r["agreement"], "kl": r["kl"]} for _, r in var.iterrows()],
-               cfg, data=splits.source)
+               cfg, data=splits.source);  # ';': the cell shows nothing (record returns the file's path)
 """),
 ]
 write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "08_results.ipynb"), cells)
