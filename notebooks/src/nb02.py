@@ -164,7 +164,7 @@ row = {"method": "fp32", "bits": 32, "act_bits": 32, "accuracy": acc, "acc_lo": 
        "settings": {"epochs": cfg.epochs, "recipe": models.RECIPE}}
 if leak is not None:
     row["export_split_accuracy"] = float(leak["accuracy"].iloc[0])
-results.record("02_baseline", [row], cfg, data=splits.source)
+results.record("02_baseline", [row], cfg, data=splits.source);  # ';': the cell shows nothing (record returns the file's path)
 """),
 ]
 write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "02_baseline.ipynb"), cells)

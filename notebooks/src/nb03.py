@@ -212,7 +212,7 @@ code("""
 rows = [{**{k: v for k, v in r.items() if k not in ("variant",)}, "variant": r["variant"],
          "settings": {"granularity": r["granularity"], "keep_8bit": r["keep_8bit"], "range": "minmax"}}
         for r in sweep]
-results.record("03_basics", rows, cfg, data=splits.source)
+results.record("03_basics", rows, cfg, data=splits.source);  # ';': the cell shows nothing (record returns the file's path)
 """),
 ]
 write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "03_basics.ipynb"), cells)

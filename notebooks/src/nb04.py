@@ -395,7 +395,7 @@ for _, r in break_df.iterrows():
     rows.append({**{k: r[k] for k in ["bits", "granularity", "accuracy", "acc_lo", "acc_hi", "agreement", "kl", "test_agreement", "n_test", "n_fidelity", "size_mb"]},
                  "method": "gptq", "label": f"GPTQ {r.label}", "act_bits": 32, "engine": "float", "calib_seed": cfg.seed,
                  "settings": {"keep_8bit": r.keep_8bit, "fold_bn": r.fold_bn, **GP}})
-results.record("04_gptq", rows, cfg, data=splits.source)
+results.record("04_gptq", rows, cfg, data=splits.source);  # ';': the cell shows nothing (record returns the file's path)
 """),
 ]
 write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "04_gptq.ipynb"), cells)

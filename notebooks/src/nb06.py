@@ -298,7 +298,7 @@ for r in sweep_rows + [{**b, "mode": None, "alpha": None} for b in base_rows]:
                  "bits": 8, "act_bits": r["act_bits"], "granularity": "channel", "engine": "float", "sweep": True,
                  **{c: r[c] for c in ("accuracy", "acc_lo", "acc_hi", "agreement", "kl", "n_fidelity")}, "calib_seed": cfg.seed,
                  "settings": {"mode": r["mode"], "alpha": r["alpha"], "observer": "minmax", "fake_quant": True}})
-results.record("06_smoothquant", rows, cfg, data=splits.source)
+results.record("06_smoothquant", rows, cfg, data=splits.source);  # ';': the cell shows nothing (record returns the file's path)
 """),
 ]
 write(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks", "06_smoothquant.ipynb"), cells)
