@@ -217,8 +217,8 @@ def fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True,
     groups = [g for g in groups if g["params"]]
     opt = (torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum) if s.optimizer == "sgd"
            else torch.optim.Adam(groups, lr=s.lr))
-    sched = torch.optim.lr_scheduler.LambdaLR(  # reads ``total`` when called: a time box may shorten it
-        opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(  # reads ``total`` when called: a time box may shorten it (never below the steps done)
+        opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / total)))
     budget = None if s.minutes is None else 60.0 * s.minutes
     gen = torch.Generator().manual_seed(s.seed)
     mix_rng = np.random.default_rng(s.seed)
