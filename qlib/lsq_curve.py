@@ -77,8 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="W2A4", help="weight and activation bits, e.g. W2A4 (default)")
     ap.add_argument("--steps", type=int, default=240, help="optimizer steps of batch 128 in all (default 240)")
     ap.add_argument("--minutes", type=float, default=None,
-                    help="time box of the optimizer steps: the cosine schedule is fitted to the steps that take this "
-                         "long at the pace of the first 10, at most --steps (default: none; chapter 07's 5-minute runs: 4.5)")
+                    help="time box of the optimizer steps: the run ends after this many minutes of them (or after --steps), "
+                         "its cosine schedule running over the minutes (default: none; chapter 07's 5-minute runs: 4.5)")
     ap.add_argument("--every", type=int, default=None, help="steps between measurements (default steps/10)")
     ap.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the weights (default 1e-4)")
     ap.add_argument("--step-lr", type=float, default=1e-3, help="of the steps' logarithms (default 1e-3)")

@@ -52,7 +52,6 @@ def _check_float(name, v, lo, hi, lo_open=True):
 
 
 OPTIMIZERS = ("sgd", "adam")
-PACE_STEPS = 10  # a time-boxed fine-tune (QATSettings.minutes) sets its schedule's length after this many steps
 LEARN = ("all", "weights", "steps")
 
 
@@ -84,6 +83,10 @@ class QATSettings:
     at its start). From an init model the weights sit on their grid points, where LSQ's
     gradient of a weight step, ``round(w/s) - w/s``, is zero, so with "steps" only the
     activation (input) steps move. The controls tell which parameters a result comes from.
+    minutes: a time box (LSQ only): the run ends when its optimizer steps have taken this many
+    minutes (callbacks and validation not counted), or at its last step if that comes first;
+    the cosine schedule runs over whichever of the two is nearer, so the learning rate reaches
+    0 at the end of the box whatever the machine's pace.
     """
 
     epochs: int = 3
@@ -184,7 +187,8 @@ def fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True,
     own group at ``s.step_lr``. With ``s.minutes`` the run is time-boxed (``QATSettings``), timed
     by ``clock`` (seconds). Returns the curves (one entry per epoch) and, for the whole run,
     ``train_seconds`` (the optimizer steps' time, callbacks and validation excluded),
-    ``schedule_steps`` (the cosine schedule's length) and ``stopped_at_budget``."""
+    ``max_steps`` (the steps the settings allow) and ``stopped_at_budget`` (the time box ended it
+    before them)."""
     from tqdm.auto import tqdm
 
     device = _device(device)
@@ -217,18 +221,19 @@ def fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True,
     groups = [g for g in groups if g["params"]]
     opt = (torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum) if s.optimizer == "sgd"
            else torch.optim.Adam(groups, lr=s.lr))
-    sched = torch.optim.lr_scheduler.LambdaLR(  # reads ``total`` when called: a time box may shorten it (never below the steps done)
-        opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / total)))
     budget = None if s.minutes is None else 60.0 * s.minutes
+    share = 0.0  # share of the run done: of its steps or, time-boxed, of its minutes if further
+    sched = torch.optim.lr_scheduler.LambdaLR(  # the cosine reads ``share`` when called
+        opt, lambda _: 0.5 * (1 + math.cos(math.pi * min(1.0, share))))
     gen = torch.Generator().manual_seed(s.seed)
     mix_rng = np.random.default_rng(s.seed)
     hist = {"epoch": [], "train_loss": [], "train_acc": [], "val_acc": [], "lr": [],
             "seconds": [], "steps": []}
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, mininterval=2)
     t_start = time.time()
-    done, trained, stopped = 0, 0.0, False  # optimizer steps, their seconds, stopped by the time box
+    done, trained = 0, 0.0  # optimizer steps, their seconds
     for ep in range(s.epochs):
-        if done >= total:
+        if share >= 1:
             break
         if on_epoch is not None:
             on_epoch(model, ep)
@@ -237,7 +242,7 @@ def fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True,
         mark = clock()
         for x, y in qdata.batches(splits.train, s.batch_size, shuffle=True,
                                   seed=s.seed * 1000 + ep):
-            if steps >= per_epoch or done >= total:
+            if steps >= per_epoch or share >= 1:
                 break
             x, y = (models.augment(x, gen) if s.augment else x).to(device), y.to(device)
             y2, lam = None, 1.0
@@ -254,22 +259,17 @@ def fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             loss_sum += loss.item() * len(y)
             correct += (out.argmax(1) == y).sum().item()
             seen += len(y)
             steps, done = steps + 1, done + 1
             trained += clock() - mark
+            share = done / total if budget is None else max(done / total, trained / budget)
+            sched.step()
             bar.update(1)
-            if budget is not None and done == PACE_STEPS:  # the schedule: the steps the budget holds at this pace
-                total = min(total, max(done, int(budget * done / trained)))
-                bar.total = total
-                bar.refresh()
-            if budget is not None and trained >= budget and done < total:  # slower than its pace: out of time
-                stopped = True
             if after_step is not None:
                 after_step(model)
-            if stopped:
+            if share >= 1:
                 break
             mark = clock()
         val = evaluate(model) if evaluate is not None else models.evaluate(model, splits.val)["accuracy"]
@@ -281,13 +281,16 @@ def fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True,
         hist["seconds"].append(time.time() - t0)
         hist["steps"].append(steps)
         bar.set_postfix(epoch=ep + 1, loss=f"{loss_sum / max(1, seen):.3f}", val=f"{val:.3f}")
-        if stopped:
+        if share >= 1:
             break
+    if done < total:  # the time box ended the run: the bar shows the steps it held
+        bar.total = done
+        bar.refresh()
     bar.close()
     for p, g in zip(frozen, grad_before):
         p.requires_grad_(g)
     hist["total_seconds"] = time.time() - t_start
-    hist.update(train_seconds=trained, schedule_steps=total, stopped_at_budget=stopped)
+    hist.update(train_seconds=trained, max_steps=total, stopped_at_budget=done < total)
     model.eval()
     return hist
 

@@ -206,26 +206,31 @@ def _timed_fit(splits, pace, minutes, steps=100):
 
 
 def test_time_box_fits_the_schedule_to_the_budget(splits):
-    """At 1 s per step a 25-second budget holds 25 steps: the cosine schedule is set to 25 after
-    the first PACE_STEPS, the run takes exactly 25 and ends at learning rate 0. Time spent in
+    """At 1 s per step a 25-second budget holds 25 of the 100 steps allowed: the run takes exactly
+    25, says the box ended it, and its cosine schedule ends at learning rate 0. Time spent in
     callbacks (7 s after each step here) is not counted."""
     hist, clock = _timed_fit(splits, lambda k: 1.0, minutes=25 / 60)
-    assert sum(hist["steps"]) == clock.steps == 25 and hist["schedule_steps"] == 25
-    assert hist["train_seconds"] == 25.0 and not hist["stopped_at_budget"]
+    assert sum(hist["steps"]) == clock.steps == 25 and hist["max_steps"] >= 100
+    assert hist["train_seconds"] == 25.0 and hist["stopped_at_budget"]
     assert hist["lr"][-1] == pytest.approx(0.0, abs=1e-12)
     # a budget larger than the steps asked for changes nothing: the run takes all of them
     unboxed, _ = _timed_fit(splits, lambda k: 1.0, minutes=None, steps=30)
     hist, clock = _timed_fit(splits, lambda k: 1.0, minutes=1000 / 60, steps=30)
-    assert sum(hist["steps"]) == hist["schedule_steps"] == sum(unboxed["steps"]) == unboxed["schedule_steps"] >= 30
+    assert sum(hist["steps"]) == hist["max_steps"] == sum(unboxed["steps"]) == unboxed["max_steps"] >= 30
     assert hist["lr"] == unboxed["lr"] and hist["train_seconds"] == clock.steps
+    assert not hist["stopped_at_budget"] and not unboxed["stopped_at_budget"]
 
 
-def test_time_box_stops_a_run_that_turns_slower(splits):
-    """Paced at 1 s per step over its first 10 steps, then 2 s: the 25 planned steps do not fit,
-    the run stops as soon as its 25 seconds are spent (step 18: 10 + 8 x 2 = 26 s) and says so."""
-    hist, clock = _timed_fit(splits, lambda k: 1.0 if k <= qat.PACE_STEPS else 2.0, minutes=25 / 60)
-    assert hist["schedule_steps"] == 25 and hist["stopped_at_budget"]
-    assert sum(hist["steps"]) == clock.steps == 18 and hist["train_seconds"] == 26.0
+def test_time_box_follows_the_machines_pace(splits):
+    """The schedule runs over the minutes, not over a step count guessed from the first steps: a
+    run that turns slower (1 s, then 2 s per step) stops as soon as its 25 s are spent (step 18:
+    10 + 8 x 2 = 26 s), one that turns faster (2 s, then 1 s) uses the whole box (step 15:
+    10 x 2 + 5 = 25 s); both end at learning rate 0."""
+    for pace, n, seconds in ((lambda k: 1.0 if k <= 10 else 2.0, 18, 26.0),
+                             (lambda k: 2.0 if k <= 10 else 1.0, 15, 25.0)):
+        hist, clock = _timed_fit(splits, pace, minutes=25 / 60)
+        assert sum(hist["steps"]) == clock.steps == n and hist["train_seconds"] == seconds
+        assert hist["stopped_at_budget"] and hist["lr"][-1] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_time_box_refuses_what_it_cannot_do(fp, splits):

@@ -404,10 +404,11 @@ model disagrees with FP32 on about one held-out image in fifty, so one image is 
 loss. The fine-tune's seed (batch order, augmentation, mixup) changes which of those images flip.
 So each A4 configuration is fine-tuned again with other seeds, same recipe and same number of steps.
 Then the same recipe is given the 5-minute budget of the targets: as many steps as 4.5 minutes of
-training hold (`budget_minutes`) on the machine that builds the book. The fine-tune times its first
-ten steps and stretches its cosine schedule over the steps the budget holds at that pace
-(`QATSettings.minutes`); a run that turns slower stops when its time is spent. A fixed number of
-steps could not promise five minutes: this machine's pace moves by half from one day to another.
+training hold (`budget_minutes`) on the machine that builds the book. Its cosine schedule runs over
+the minutes instead of a step count: each step's learning rate follows the share of the budget
+already spent (or of the step cap, `budget_steps`, if that is further), and the run ends when the
+time is spent (`QATSettings.minutes`). A fixed number of steps could not promise five minutes: this
+machine's pace moves by half from one day to another.
 It is measured against FP32 along the way with `lsq_curve.run`. The
 measurements change nothing in the training, and their time is not counted. Runs longer than the
 budget are one command, `python -m qlib.lsq_curve` (README, "Longer QAT runs").
