@@ -8,6 +8,9 @@ executed as the second; both sizes are reported.
 
 Rounds are interleaved (A B C ... A B C ...), so drift of the machine (thermal, other load)
 hits every variant alike; throughput is reported as a ratio to FP32 measured in the same run.
+In each round a variant runs a block of batches back to back (``measure.latencies``): the
+first is timed "cold" (the other variants ran since, and together they outgrow the CPU's
+cache), the others "warm", as a model serving alone runs; both are reported.
 """
 from __future__ import annotations
 
@@ -70,11 +73,28 @@ def load_runnable(files: dict):
     return export.load(files["packed"]).eval(), "float32"
 
 
+def cache_mb(level: int = 3):
+    """The size of the CPU's level-``level`` cache in MB (Linux sysfs), or None if unknown."""
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for d in sorted(base.glob("index*")):
+        try:
+            if int((d / "level").read_text()) == level:
+                size = (d / "size").read_text().strip()
+                mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(size[-1:], 1)
+                return int(size.rstrip("KMG")) * mult / 1e6
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def run(folder, batch_size: int = 64, threads: int = 2, image_size: int = 64, rounds: int = 15,
-        warmup: int = 3, progress: bool = True) -> dict:
-    """Time every variant found in ``folder`` (``measure.latencies``: interleaved rounds);
-    returns the table as data."""
-    for name, v in (("batch_size", batch_size), ("threads", threads), ("rounds", rounds), ("image_size", image_size)):
+        warmup: int = 3, progress: bool = True, block: int = 4) -> dict:
+    """Time every variant found in ``folder`` (``measure.latencies``: interleaved rounds of
+    ``block`` batches per variant); returns the table as data: per variant the warm median
+    (``ms_per_batch``, ``speedup_vs_fp32``), the cold one (``ms_cold``, ``speedup_cold``; with
+    ``block`` = 1 every batch is both) and the bytes its tensors hold in memory."""
+    for name, v in (("batch_size", batch_size), ("threads", threads), ("rounds", rounds), ("image_size", image_size),
+                    ("block", block)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}={v!r}: expected an integer >= 1")
     folder = Path(folder)
@@ -83,30 +103,40 @@ def run(folder, batch_size: int = 64, threads: int = 2, image_size: int = 64, ro
         raise ValueError(f"no saved variant in {folder}: run the chapters first (make book)")
     models = {name: load_runnable(files) for name, files in variants.items()}
     stats = measure.latencies({name: m for name, (m, _) in models.items()}, image_size, batch_size,
-                              threads, warmup, runs=rounds, progress=progress)
+                              threads, warmup, runs=rounds, progress=progress, block=block)
     rows = []
-    fp_med = stats["fp32"]["ms_per_batch"] if "fp32" in stats else None
-    for name, (_, engine) in models.items():
+    fp = stats.get("fp32")
+    for name, (m, engine) in models.items():
         st, files = stats[name], variants[name]
+        cold = st.get("ms_cold", st["ms_per_batch"])
         stored = files.get("packed") or files.get("int8")
         rows.append({
             "variant": name, "engine": engine,
             "size_mb": os.path.getsize(stored) / 1e6,
             "int8_file_mb": os.path.getsize(files["int8"]) / 1e6 if files.get("int8") else None,
+            "memory_mb": measure.memory_mb(m),
             **{k: st[k] for k in ("ms_per_batch", "ms_min", "ms_max", "spread", "images_per_s")},
-            "speedup_vs_fp32": (fp_med / st["ms_per_batch"]) if fp_med else None,
+            "ms_cold": cold,
+            "speedup_vs_fp32": (fp["ms_per_batch"] / st["ms_per_batch"]) if fp else None,
+            "speedup_cold": (fp.get("ms_cold", fp["ms_per_batch"]) / cold) if fp else None,
         })
-    return {"batch_size": batch_size, "threads": threads, "image_size": image_size, "rounds": rounds,
-            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),  # machine() names the PyTorch version
-            "rows": rows}
+    return {"batch_size": batch_size, "threads": threads, "image_size": image_size, "rounds": rounds, "block": block,
+            "machine": machine(), "l3_cache_mb": cache_mb(3),  # machine() names the PyTorch version
+            "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
 
 
 def format_table(res: dict) -> str:
-    lines = [f"{'variant':<22}{'engine':<13}{'size MB':>9}{'ms/batch':>10}{'spread':>8}{'img/s':>9}{'x FP32':>8}"]
+    lines = [f"{'variant':<22}{'engine':<13}{'size MB':>9}{'memory MB':>11}{'ms warm':>9}{'spread':>8}{'img/s':>8}"
+             f"{'x FP32':>8}{'ms cold':>9}{'x FP32':>8}"]
     for r in sorted(res["rows"], key=lambda r: -r["size_mb"]):
         sp = f"{r['speedup_vs_fp32']:.2f}" if r["speedup_vs_fp32"] else "-"
-        lines.append(f"{r['variant']:<22}{r['engine']:<13}{r['size_mb']:>9.2f}{r['ms_per_batch']:>10.1f}"
-                     f"{r['spread']:>8.2f}{r['images_per_s']:>9.0f}{sp:>8}")
+        spc = f"{r['speedup_cold']:.2f}" if r["speedup_cold"] else "-"
+        lines.append(f"{r['variant']:<22}{r['engine']:<13}{r['size_mb']:>9.2f}{r['memory_mb']:>11.1f}{r['ms_per_batch']:>9.1f}"
+                     f"{r['spread']:>8.2f}{r['images_per_s']:>8.0f}{sp:>8}{r['ms_cold']:>9.1f}{spc:>8}")
+    total = sum(r["memory_mb"] for r in res["rows"])
+    l3 = res.get("l3_cache_mb")
+    lines.append(f"warm: batches 2-{res['block']} of each block; cold: the first, after the other variants "
+                 f"({total:.0f} MB of tensors in all" + (f"; L3 cache {l3:.0f} MB)" if l3 else ")"))
     return "\n".join(lines)
 
 
@@ -118,10 +148,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=cfg.image_size)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--block", type=int, default=4, help="batches per variant per round: the first cold, the rest warm")
     ap.add_argument("--out", default=None, help="JSON output (default: book/results/bench.json, smoke: cache)")
     a = ap.parse_args(argv)
     try:
-        res = run(a.variants, a.batch_size, a.threads, a.image_size, a.rounds)
+        res = run(a.variants, a.batch_size, a.threads, a.image_size, a.rounds, block=a.block)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -253,46 +253,71 @@ def latency(model, image_size: int = 64, batch_size: int = 64, threads: int = 2,
 
 @torch.inference_mode()
 def latencies(models: dict, image_size: int = 64, batch_size: int = 64, threads: int = 2,
-              warmup: int = 5, runs: int = 20, seed: int = 0, progress: bool = False) -> dict:
+              warmup: int = 5, runs: int = 20, seed: int = 0, progress: bool = False, block: int = 1) -> dict:
     """``latency`` of several models compared with each other: ``{name: model}`` ->
     ``{name: stats}``. The timed batches are interleaved (A B C ... A B C ...), so drift of the
     machine (thermal, other load) over the measurement hits every model alike and their ratios
     are fair. Inference mode (no autograd graph is recorded, as in deployment), ``threads``
     threads, ``warmup`` untimed batches per model, then ``runs`` timed rounds; each model's stats
-    are the median, fastest and slowest batch, their spread (max/min) and images per second."""
+    are the median, fastest and slowest batch, their spread (max/min) and images per second.
+
+    ``block`` > 1 times ``block`` batches of a model back to back in each round (AAAA BBBB ...).
+    The first of them follows the other models' batches, which evict its weights from the CPU's
+    cache when theirs together outgrow it: its median is ``ms_cold``. The others find the weights
+    the batch before left in the cache, as a model serving alone does: the median and the other
+    stats are theirs ("warm")."""
     from tqdm.auto import tqdm
 
     if not isinstance(models, dict) or not models:
         raise ValueError(f"models={models!r}: expected a non-empty dict {{name: model}}")
-    if runs < 1 or warmup < 0 or batch_size < 1 or threads < 1:
-        raise ValueError(f"runs={runs}, warmup={warmup}, batch_size={batch_size}, threads={threads}: "
-                         "expected runs, batch_size, threads >= 1 and warmup >= 0")
+    if runs < 1 or warmup < 0 or batch_size < 1 or threads < 1 or block < 1:
+        raise ValueError(f"runs={runs}, warmup={warmup}, batch_size={batch_size}, threads={threads}, block={block}: "
+                         "expected runs, batch_size, threads, block >= 1 and warmup >= 0")
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
-    times = {name: [] for name in models}
+    times = {name: [] for name in models}  # per round, the block's batches in order
     try:
         models = {k: m.eval().cpu() if hasattr(m, "cpu") else m for k, m in models.items()}
         x = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
         for m in models.values():
             for _ in range(warmup):
                 m(x)
-        bar = tqdm(total=runs * len(models), desc="latency", unit="batch", disable=not progress)
+        bar = tqdm(total=runs * len(models) * block, desc="latency", unit="batch", disable=not progress)
         for _ in range(runs):
             for name, m in models.items():
-                t0 = time.perf_counter()
-                m(x)
-                times[name].append(time.perf_counter() - t0)
-                bar.update(1)
+                t = []
+                for _ in range(block):
+                    t0 = time.perf_counter()
+                    m(x)
+                    t.append(time.perf_counter() - t0)
+                times[name].append(t)
+                bar.update(block)
         bar.close()
     finally:
         torch.set_num_threads(old)
     out = {}
-    for name, t in times.items():
+    for name, rounds in times.items():
+        t = [b for r in rounds for b in (r[1:] if block > 1 else r)]
         med = statistics.median(t)
         out[name] = {"ms_per_batch": med * 1e3, "ms_min": min(t) * 1e3, "ms_max": max(t) * 1e3,
                      "spread": max(t) / min(t), "images_per_s": batch_size / med,
-                     "batch_size": batch_size, "threads": threads, "runs": runs}
+                     "batch_size": batch_size, "threads": threads, "runs": runs, "block": block}
+        if block > 1:
+            out[name]["ms_cold"] = statistics.median(r[0] for r in rounds) * 1e3
     return out
+
+
+def memory_mb(model) -> float:
+    """MB that ``model``'s parameters and buffers hold in memory, as its state dict holds them
+    (a quantized tensor's 1-byte elements, the packed weights of PyTorch's int8 layers)."""
+    def nbytes(v):
+        if isinstance(v, torch.Tensor):
+            return v.numel() * v.element_size()
+        if isinstance(v, (tuple, list)):
+            return sum(nbytes(u) for u in v)
+        return 0
+
+    return sum(nbytes(v) for v in model.state_dict().values()) / 1e6
 
 
 def saved_size_mb(model, save=None) -> float:

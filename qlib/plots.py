@@ -210,3 +210,29 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
     shown = d[d[y] >= floor]  # the front is dense near the smallest files
     spread_labels(ax, numbers, shown[x].to_numpy(), shown[y].to_numpy() * 100, expand=(1.6, 1.8))
     return fig
+
+
+def latency_bars(rows, title: str = ""):
+    """The benchmark's rows (``qlib.bench.run``): per variant its median time per batch warm
+    (the weights still in the CPU's cache from the batch before) and cold (the first batch after
+    the other variants), fastest at the top, with the speed-up over FP32 of each."""
+    import pandas as pd
+
+    d = pd.DataFrame(rows).sort_values("ms_per_batch", ascending=False).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(d) + 1.4))
+    y = np.arange(len(d))
+    ax.barh(y + 0.2, d["ms_cold"], height=0.4, color="#bbbbbb", label="cold: first batch after the other variants")
+    ax.barh(y - 0.2, d["ms_per_batch"], height=0.4,
+            color=[PALETTE["int8"] if e == "int8 engine" else PALETTE["fp32"] for e in d["engine"]],
+            label="warm: batches 2, 3, ... back to back")
+    for i, r in d.iterrows():
+        if pd.notna(r.get("speedup_vs_fp32")):
+            ax.text(r["ms_cold"], i + 0.2, f" {r['speedup_cold']:.1f}x", va="center", fontsize=7, color="#555555")
+            ax.text(r["ms_per_batch"], i - 0.2, f" {r['speedup_vs_fp32']:.1f}x", va="center", fontsize=7)
+    ax.set_yticks(y, [f"{v} ({e})" for v, e in zip(d["variant"], d["engine"])], fontsize=8)
+    ax.set_xlabel("ms per batch of 64 images (median); labels: speed-up over FP32 in the same run")
+    ax.set_xlim(0, d[["ms_cold", "ms_per_batch"]].max().max() * 1.15)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper right")  # the fastest, shortest bars are at the top
+    fig.tight_layout()
+    return fig

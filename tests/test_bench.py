@@ -16,6 +16,18 @@ def test_run_times_a_saved_variant_and_names_the_machine(tmp_path):
     assert res["machine"]["kernels"] == torch.backends.cpu.get_cpu_capability() and res["threads"] == 1
 
 
+def test_run_reports_warm_and_cold_times_and_memory(tmp_path):
+    fp = models.resnet18(29)
+    export.save(fp, tmp_path / "fp32.safetensors")
+    res = bench.run(tmp_path, batch_size=2, threads=1, image_size=32, rounds=2, warmup=0, progress=False, block=2)
+    (row,) = res["rows"]
+    assert res["block"] == 2 and row["ms_cold"] > 0 and row["speedup_cold"] == pytest.approx(1.0)
+    assert row["memory_mb"] == pytest.approx(sum(t.numel() * t.element_size() for t in fp.state_dict().values()) / 1e6)
+    assert "ms cold" in bench.format_table(res) and "fp32" in bench.format_table(res)
+    with pytest.raises(ValueError, match="block=0"):
+        bench.run(tmp_path, block=0, progress=False)
+
+
 def test_run_rejects_an_empty_folder_and_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="no saved variant"):
         bench.run(tmp_path, progress=False)

@@ -161,6 +161,43 @@ def test_latencies_interleave_the_models_timed_batches():
         measure.latencies({})
 
 
+def test_latencies_blocks_time_cold_and_warm_batches(monkeypatch):
+    """block=3: each round runs a model three times back to back (A A A B B B); the first batch of
+    a block is the cold one, the two after it the warm ones. A fake clock makes a model's first
+    batch after another model's take 10 ms and a repeated one 1 ms."""
+    clock = {"now": 0.0, "last": None}
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock["now"])
+    calls = []
+
+    class Cached(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            clock["now"] += 0.001 if clock["last"] == self.name else 0.010
+            clock["last"] = self.name
+            calls.append(self.name)
+            return x
+
+    r = measure.latencies({"a": Cached("a"), "b": Cached("b")}, image_size=8, batch_size=2, warmup=1, runs=2, block=3)
+    assert calls == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    for v in r.values():
+        assert v["ms_cold"] == pytest.approx(10.0) and v["ms_per_batch"] == pytest.approx(1.0)
+        assert v["spread"] == pytest.approx(1.0) and v["runs"] == 2 and v["block"] == 3
+    assert "ms_cold" not in measure.latencies({"a": Cached("a")}, image_size=8, batch_size=2, warmup=0, runs=1)["a"]
+    with pytest.raises(ValueError, match="block=0"):
+        measure.latencies({"a": Cached("a")}, block=0)
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")  # torch.ao deprecation
+def test_memory_mb_counts_the_tensors_as_stored():
+    lin = torch.nn.Linear(100, 100)
+    assert measure.memory_mb(lin) == pytest.approx((100 * 100 + 100) * 4 / 1e6)
+    q = torch.ao.nn.quantized.Linear(100, 100)  # int8 weight (1 byte each), float bias, scale, zero point
+    assert measure.memory_mb(q) * 1e6 == pytest.approx(100 * 100 + 100 * 4, abs=32)
+
+
 def test_file_size_is_the_real_file(tmp_path):
     p = tmp_path / "f.bin"
     p.write_bytes(b"x" * 1_500_000)

@@ -202,3 +202,15 @@ def test_size_speed_labels_clear_each_other_the_markers_and_the_title():
     title = ax.title.get_window_extent(renderer)
     assert [t.get_text() for t in ax.texts if t.get_window_extent(renderer).overlaps(title)] == []
     matplotlib.pyplot.close(fig)
+
+
+def test_latency_bars_draw_warm_and_cold_for_every_variant():
+    rows = [{"variant": "fp32", "engine": "float32", "ms_per_batch": 97.0, "ms_cold": 138.0, "speedup_vs_fp32": 1.0, "speedup_cold": 1.0},
+            {"variant": "qat_int8", "engine": "int8 engine", "ms_per_batch": 15.0, "ms_cold": 35.0,
+             "speedup_vs_fp32": 97 / 15, "speedup_cold": 138 / 35}]
+    fig = plots.latency_bars(rows)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["fp32 (float32)", "qat_int8 (int8 engine)"]  # fastest on top
+    assert sorted(p.get_width() for p in ax.patches) == [15.0, 35.0, 97.0, 138.0]
+    assert {t.get_text().strip() for t in ax.texts} == {"1.0x", "6.5x", "3.9x"}
+    plots.plt.close(fig)
