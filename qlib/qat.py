@@ -232,9 +232,7 @@ def fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True,
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, mininterval=2)
     t_start = time.time()
     done, trained = 0, 0.0  # optimizer steps, their seconds
-    for ep in range(s.epochs):
-        if share >= 1:
-            break
+    for ep in range(s.epochs):  # a run that has done its share breaks out after its step and its epoch
         if on_epoch is not None:
             on_epoch(model, ep)
         model.train()
@@ -242,7 +240,7 @@ def fit(model, splits, s: QATSettings, teacher=None, device=None, progress=True,
         mark = clock()
         for x, y in qdata.batches(splits.train, s.batch_size, shuffle=True,
                                   seed=s.seed * 1000 + ep):
-            if steps >= per_epoch or share >= 1:
+            if steps >= per_epoch:
                 break
             x, y = (models.augment(x, gen) if s.augment else x).to(device), y.to(device)
             y2, lam = None, 1.0
