@@ -265,7 +265,8 @@ def latencies(models: dict, image_size: int = 64, batch_size: int = 64, threads:
     The first of them follows the other models' batches, which evict its weights from the CPU's
     cache when theirs together outgrow it: its median is ``ms_cold``. The others find the weights
     the batch before left in the cache, as a model serving alone does: the median and the other
-    stats are theirs ("warm")."""
+    stats are theirs ("warm"). With ``block`` = 1 every batch is a first one, and ``ms_cold``
+    is the median."""
     from tqdm.auto import tqdm
 
     if not isinstance(models, dict) or not models:
@@ -301,9 +302,8 @@ def latencies(models: dict, image_size: int = 64, batch_size: int = 64, threads:
         med = statistics.median(t)
         out[name] = {"ms_per_batch": med * 1e3, "ms_min": min(t) * 1e3, "ms_max": max(t) * 1e3,
                      "spread": max(t) / min(t), "images_per_s": batch_size / med,
-                     "batch_size": batch_size, "threads": threads, "runs": runs, "block": block}
-        if block > 1:
-            out[name]["ms_cold"] = statistics.median(r[0] for r in rounds) * 1e3
+                     "batch_size": batch_size, "threads": threads, "runs": runs, "block": block,
+                     "ms_cold": statistics.median(r[0] for r in rounds) * 1e3}  # block 1: every batch
     return out
 
 
