@@ -73,12 +73,14 @@ if bench.discover(vdir):
     e8 = bdf[bdf["engine"] == "int8 engine"]
     l3 = bres.get("l3_cache_mb")
     if len(e8) and "fp32" in set(bdf["variant"]):
+        fp_b = bdf.set_index("variant").loc["fp32"]
+        cold_extra = bdf["ms_cold"] / bdf["ms_per_batch"] - 1   # how much longer a cold batch takes than a warm one
         display(Markdown(f"The variants hold {bdf['memory_mb'].sum():.0f} MB of weights in memory"
                          + (f", the CPU's L3 cache is {l3:.0f} MB" if l3 else "") + f". Warm, the int8-engine variants run "
                          f"**{e8['speedup_vs_fp32'].min():.1f}-{e8['speedup_vs_fp32'].max():.1f}x** faster than FP32; cold, "
-                         f"**{e8['speedup_cold'].min():.1f}-{e8['speedup_cold'].max():.1f}x** (FP32 {float(bdf.loc[bdf.variant == 'fp32', 'ms_per_batch'].iloc[0]):.0f} ms "
-                         f"warm, {float(bdf.loc[bdf.variant == 'fp32', 'ms_cold'].iloc[0]):.0f} ms cold). A cold batch takes "
-                         f"{(bdf['ms_cold'] / bdf['ms_per_batch'] - 1).min():+.0%} to {(bdf['ms_cold'] / bdf['ms_per_batch'] - 1).max():+.0%} "
+                         f"**{e8['speedup_cold'].min():.1f}-{e8['speedup_cold'].max():.1f}x** (FP32 {fp_b['ms_per_batch']:.0f} ms "
+                         f"warm, {fp_b['ms_cold']:.0f} ms cold). A cold batch takes "
+                         f"{cold_extra.min():+.0%} to {cold_extra.max():+.0%} "
                          "longer than a warm one of the same variant, against a spread of "
                          f"{bdf['spread'].min():.1f}-{bdf['spread'].max():.1f} (slowest over fastest warm batch) within each."))
 else:
