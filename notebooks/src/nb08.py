@@ -190,7 +190,7 @@ smaller — or faster — and more accurate).
 """),
 code("""
 d = df.dropna(subset=["size_mb"]).copy()
-d["label"] = d["label"].fillna(d["method"])
+d["label"] = "ch. " + d["chapter"].str[:2] + ": " + d["label"]  # the front's key: two chapters record a "GPTQ W2A8 (int8 engine)"
 fig = plots.tradeoff(d, "size_mb", "accuracy", "file size (MB, log scale)", title="Accuracy vs file size", fp_y=fp_acc)
 if not cfg.smoke:
     plots.save(fig, results.results_dir(cfg) / "pareto.png")
@@ -201,7 +201,7 @@ t = df.copy()
 t["images_per_s_any"] = t.get("images_per_s_bench", pd.Series(np.nan, index=t.index)).fillna(t.get("images_per_s", np.nan))
 t = t.dropna(subset=["images_per_s_any"])
 if len(t):
-    t["label"] = t["label"].fillna(t["method"])
+    t["label"] = "ch. " + t["chapter"].str[:2] + ": " + t["label"]
     fig = plots.tradeoff(t, "images_per_s_any", "accuracy", "images / s (batch 64, 2 threads)", logx=False,
                          title="Accuracy vs throughput", fp_y=fp_acc, front="max")
 """),
