@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import yolo
+from . import atomic, yolo
 from .config import Config, DataError
 
 CACHE_VERSION = 1
@@ -251,23 +249,8 @@ def _decode(cfg: Config) -> dict:
     else:
         blob = _decode_synthetic(cfg)
     blob["ident"] = ident
-    atomic_save(blob, path)
+    atomic.torch_save(blob, path)
     return blob
-
-
-def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def load(cfg: Config) -> Splits:

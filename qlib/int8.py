@@ -38,14 +38,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import tempfile
 import warnings
 from typing import Iterable, Optional
 
 import torch
 from torch import nn
 
-from . import quant
+from . import atomic, quant
 
 ENGINE = "x86"
 OBSERVERS = ("minmax", "histogram")
@@ -340,23 +339,6 @@ def _to_skeleton_keys(state: dict, prepared: nn.Module) -> dict:
     return out
 
 
-def _atomic_torch_save(obj, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _num_classes_of(qmodel: nn.Module) -> int:
     fc = getattr(qmodel, "fc", None)
     n = getattr(fc, "out_features", None)
@@ -372,9 +354,9 @@ def save(qmodel: nn.Module, path, extra_metadata: Optional[dict] = None) -> str:
     n = _num_classes_of(qmodel)
     state = qmodel.state_dict()  # keeps ``_metadata`` (module versions) that loading needs
     with _quiet():
-        _atomic_torch_save({"format": FORMAT, "version": FORMAT_VERSION, "arch": "resnet18",
-                            "num_classes": n, "engine": ENGINE, "state_dict": state,
-                            "extra": extra_metadata or {}}, path)
+        atomic.torch_save({"format": FORMAT, "version": FORMAT_VERSION, "arch": "resnet18",
+                           "num_classes": n, "engine": ENGINE, "state_dict": state,
+                           "extra": extra_metadata or {}}, path)
     return path
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from . import atomic
 from . import data as qdata
 from .config import Config
 
@@ -248,6 +249,6 @@ def baseline(cfg: Config, splits: qdata.Splits | None = None, arch: str = "resne
     hist = train(model, splits, cfg, progress=progress)
     hist["train_seconds"] = time.time() - t0
     model.cpu().eval()
-    qdata.atomic_save({"key": key, "state_dict": model.state_dict(), "history": hist,
+    atomic.torch_save({"key": key, "state_dict": model.state_dict(), "history": hist,
                        "pretrained": model.pretrained}, path)
     return model, hist

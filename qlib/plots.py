@@ -7,13 +7,13 @@ chapters' own figures are in ``plots_data`` (01, 02), ``plots_ptq`` (03-06) and 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 from adjustText import adjust_text
+
+from . import atomic
 
 PALETTE = {"fp32": "#222222", "rtn": "#1f77b4", "gptq": "#d62728", "awq": "#2ca02c",
            "smoothquant": "#9467bd", "int8": "#8c564b", "qat": "#ff7f0e", "seed": "#7f7f7f"}
@@ -30,13 +30,9 @@ def style():
 
 def save(fig, path) -> Path:
     """Write a figure as PNG atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fig.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
 
 
 def header(cfg, splits) -> str:

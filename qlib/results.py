@@ -10,8 +10,9 @@ import datetime
 import json
 import os
 import subprocess
-import tempfile
 from pathlib import Path
+
+from . import atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("chapter", "method", "bits", "accuracy", "acc_lo", "acc_hi", "agreement", "kl",
@@ -53,18 +54,9 @@ def record(chapter: str, rows: list, cfg=None, data: str | None = None) -> Path:
 
 def write_json(obj, path) -> Path:
     """JSON to a temporary file in the same folder, then renamed: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=_jsonable)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    with atomic.replacing(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=_jsonable)
+    return Path(path)
 
 
 def _jsonable(v):

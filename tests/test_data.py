@@ -143,19 +143,6 @@ def test_cache_is_reused_and_survives_a_corrupt_file(tmp_path, capsys):
     assert torch.equal(first.train.images, third.train.images)
 
 
-def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    target = tmp_path / "c" / "x.pt"
-
-    def boom(obj, f):
-        f.write(b"partial")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(KeyboardInterrupt):
-        qdata.atomic_save({"a": 1}, target)
-    assert not target.exists() and list(target.parent.iterdir()) == []
-
-
 def test_synthetic_source_and_smoke(tmp_path):
     cfg = Config.from_env(smoke=True, cache_dir=str(tmp_path))
     s = qdata.load(cfg)

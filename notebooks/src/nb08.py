@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display, Markdown
-from qlib import Config, data as qdata, models, measure, results, plots, bench
+from qlib import Config, atomic, data as qdata, models, measure, results, plots, bench
 
 plots.style()
 torch.set_num_threads(2)
@@ -334,7 +334,8 @@ if not cfg.smoke and len(our_tab):
     start, end = "<!-- results:start -->", "<!-- results:end -->"
     if start in text and end in text:
         block = (start + "\\n" + table.astype(object).where(table.notna(), "").to_markdown(index=False, floatfmt=("", ".2f", ".2f", "", "", ".2f", ".4f", ".1f", ".0f")) + "\\n\\n![Accuracy vs file size](book/results/pareto.png)\\n" + end)
-        readme.write_text(text.split(start)[0] + block + text.split(end)[1])
+        with atomic.replacing(readme) as tmp:   # never a half-written README
+            tmp.write_text(text.split(start)[0] + block + text.split(end)[1])
         print("README results table updated")
 results.record("08_results", [{"method": r["method"], "label": r["method"], "calib_seed": int(r["calib_seed"]),
                                "accuracy": r["accuracy"], "agreement": r["agreement"], "kl": r["kl"]} for _, r in var.iterrows()],
