@@ -289,14 +289,15 @@ def gptq_init(model_fp: nn.Module, w_bits: int, calib_x: torch.Tensor,
     return model
 
 
-def smoothed_ptq(model_fp: nn.Module, settings: QATSettings, calib_x: torch.Tensor,
-                 mode: str = "bn") -> tuple:
-    """The PTQ model of ``settings``' bits (the LSQ model at step 0: GPTQ weights, calibrated
-    activation steps) of the SmoothQuant-smoothed network — the same float function, with
-    range moved from each layer's input into its weights (``mode``: "bn" or "shared", see
-    ``qlib.fold``). Each layer's migration strength alpha is searched on ``calib_x`` for its
-    output error with its input at ``a_bits`` and its weights at ``w_bits``
-    (``smoothquant.search_alpha(per_layer=True)``). Returns ``(model, {group: alpha})``."""
+def smoothed_start(model_fp: nn.Module, settings: QATSettings, calib_x: torch.Tensor,
+                   mode: str = "bn") -> tuple:
+    """The SmoothQuant-smoothed network of ``settings``' bits and its GPTQ solution: the same
+    float function as ``model_fp``, with range moved from each layer's input into its weights
+    (``mode``: "bn" or "shared", see ``qlib.fold``). Each layer's migration strength alpha is
+    searched on ``calib_x`` for its output error with its input at ``a_bits`` and its weights at
+    ``w_bits`` (``smoothquant.search_alpha(per_layer=True)``). Returns ``(smoothed float model,
+    GPTQ solution of it, {group: alpha})``: what ``lsq_model`` / ``lsq_train`` take as
+    ``model_fp`` and ``init_model`` to start from the smoothed PTQ."""
     if not isinstance(settings, QATSettings) or settings.a_bits is None:
         raise ValueError(f"settings={settings!r}: expected a QATSettings with a_bits set "
                          "(smoothing moves range out of the quantized activations)")
@@ -304,7 +305,15 @@ def smoothed_ptq(model_fp: nn.Module, settings: QATSettings, calib_x: torch.Tens
                                          a_bits=settings.a_bits, mode=mode, per_layer=True)
     smooth = smoothquant.apply(model_fp, smoothquant.search(
         model_fp, calib_x, smoothquant.SmoothSettings(alpha=alphas, mode=mode)))
-    init = gptq_init(smooth, settings.w_bits, calib_x, settings.keep_8bit)
+    return smooth, gptq_init(smooth, settings.w_bits, calib_x, settings.keep_8bit), alphas
+
+
+def smoothed_ptq(model_fp: nn.Module, settings: QATSettings, calib_x: torch.Tensor,
+                 mode: str = "bn") -> tuple:
+    """The PTQ model of ``settings``' bits (the LSQ model at step 0: GPTQ weights, calibrated
+    activation steps) of the smoothed network of ``smoothed_start``. Returns ``(model,
+    {group: alpha})``."""
+    smooth, init, alphas = smoothed_start(model_fp, settings, calib_x, mode)
     return lsq_model(smooth, settings, init_model=init, calib_x=calib_x), alphas
 
 

@@ -206,6 +206,22 @@ def test_smoothed_ptq_is_the_ptq_of_the_smoothed_network(fp, x, monkeypatch):
         lsq.smoothed_ptq(fp, QATSettings(w_bits=4, a_bits=None), x)
 
 
+def test_smoothed_start_is_the_same_float_function_with_its_gptq_solution(fp, x):
+    """smoothed_start's network computes FP's outputs (smoothing is an equivalence transform)
+    and its solution carries GPTQ codes at the asked bits (keep_8bit layers at 8); lsq_train can
+    start from the pair, and it is what smoothed_ptq quantizes."""
+    s = QATSettings(w_bits=4, a_bits=4, keep_8bit=("conv1", "fc"))
+    smooth, init, alphas = lsq.smoothed_start(fp, s, x, mode="bn")
+    with torch.no_grad():
+        ref, out = fp.eval()(x), smooth.eval()(x)
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    bits = {n: m.qweight.bits for n, m in init.named_modules() if getattr(m, "qweight", None) is not None}
+    assert bits["conv1"] == bits["fc"] == 8 and {b for n, b in bits.items() if n not in ("conv1", "fc")} == {4}
+    assert alphas and all(0 <= a <= 1 for a in alphas.values())
+    with pytest.raises(ValueError, match="a_bits set"):
+        lsq.smoothed_start(fp, QATSettings(w_bits=4, a_bits=None), x)
+
+
 def test_lsq_model_needs_calibration_images_and_known_layers(fp):
     with pytest.raises(ValueError, match="calib_x"):
         lsq.lsq_model(fp, QATSettings(w_bits=4, a_bits=4))

@@ -133,7 +133,7 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display, Markdown
-from qlib import Config, data as qdata, models, measure, results, plots, plots_qat, calib, widgets
+from qlib import Config, atomic, data as qdata, models, measure, results, plots, plots_qat, calib, widgets
 from qlib import int8, qat, lsq, lsq_curve, export
 
 plots.style()
@@ -198,7 +198,7 @@ r_ptq8 = {**ref.row(ptq8), "size_mb": measure.file_size_mb(ptq8_path), "seconds"
 r_qat8 = {**ref.row(qat8), "size_mb": measure.file_size_mb(paths["qat_int8"]), "seconds": qat8_s}
 r_qat8_std = {**ref.row(qat8_std), "seconds": qat8_std_s}
 fp_path = os.path.join(cfg.cache_dir, "ch07_fp32.pt")
-torch.save(fp.state_dict(), fp_path)
+atomic.torch_save(fp.state_dict(), fp_path)
 tab8 = pd.DataFrame([
     {"model": "FP32", **ref.fp, "size_mb": measure.file_size_mb(fp_path), "seconds": 0.0, **lat["fp32"]},
     {"model": "int8 PTQ (histogram)", **r_ptq8, **lat["ptq"]},
@@ -494,6 +494,46 @@ if lr_runs:
     if top is not None:  # a recovery is undefined (NaN) when PTQ loses nothing
         lines.append("\\n" + ("No run reaches half of the loss." if top < 0.5 else f"At least one measurement reaches half of the loss ({top:+.0%})."))
     display(Markdown("\\n".join(lines)))
+"""),
+md("""
+### Five minutes from the smoothed start
+
+Where smoothing won back part of PTQ's loss beyond the track noise (above), the fine-tune can
+start from the smoothed PTQ instead. `lsq.smoothed_start` gives the smoothed float network (the
+same function as FP32, and the teacher here) and its GPTQ solution; the 5-minute recipe then runs
+from there exactly as above. Recoveries are shares of the *unsmoothed* PTQ's loss, as everywhere in
+this chapter, so this run starts above zero, at what smoothing alone won.
+"""),
+code("""
+sm_runs = {}  # configuration: (smoothing mode, rows of the time-boxed run from its smoothed PTQ)
+for c in sorted(set(helps.config)):
+    w, a = lsq.parse_config(c)
+    mode = best_sm.loc[c, "smoothing"]
+    s_c = replace(lsq_recipe, w_bits=w, a_bits=a)
+    sm_fp, sm_init, _ = lsq.smoothed_start(fp, s_c, calib_x, mode=mode)
+    _, rows = lsq_curve.run(sm_fp, splits, boxed(s_c), ref, budget_every, init_model=sm_init, calib_x=calib_x, progress=False)
+    p0 = recovery(c)[0]   # the unsmoothed PTQ's agreement
+    sm_runs[c] = (mode, [{**r, "recovered": measure.recovery(p0, r["agreement"])} for r in rows])
+if sm_runs:
+    fig = plots_qat.recovery_curves(
+        {**{f"{c}, from the unsmoothed PTQ (above)": budget_curves[c] for c in sm_runs if c in budget_curves},
+         **{f"{c}, from the smoothed PTQ ({mode})": rows for c, (mode, rows) in sm_runs.items()}},
+        target=0.5, budget_min=5.0, title=f"LSQ, {budget_minutes:g} minutes from the unsmoothed and the smoothed PTQ (recovery: of the unsmoothed PTQ's loss)")
+    lines = []
+    for c, (mode, rows) in sm_runs.items():
+        start, end = rows[0]["recovered"], rows[-1]["recovered"]
+        moved = (rows[-1]["agreement"] - rows[0]["agreement"]) * ref.fp["n_fidelity"]
+        lines.append(f"* **{c}** ({mode}): smoothing alone starts the run at {start:+.0%} of the unsmoothed PTQ's loss; after "
+                     f"{rows[-1]['step']} steps in {rows[-1]['train_seconds'] / 60:.1f} min the fine-tune ends at **{end:+.0%}** "
+                     f"(best measurement along the way {max(r['recovered'] for r in rows[1:]):+.0%}): {moved:+.0f} held-out images "
+                     f"from its smoothed start, {measure.recovery(rows[0]['agreement'], rows[-1]['agreement']):+.0%} of the smoothed "
+                     f"PTQ's own loss" + (f". From the unsmoothed PTQ the same recipe ended at {budget_rec[c][-1]:+.0%}." if c in budget_rec else "."))
+    gave_back = [c for c, (_, rows) in sm_runs.items() if rows[-1]["agreement"] < rows[0]["agreement"]]
+    lines.append("\\n" + (f"In {', '.join(gave_back)} the fine-tune ends below its smoothed start: it gives back what smoothing won instead of adding to it."
+                          if gave_back else "The fine-tune keeps what smoothing won and adds to it."))
+    display(Markdown("\\n".join(lines)))
+else:
+    display(Markdown("Smoothing helped no configuration beyond the track noise: there is no smoothed start to fine-tune from."))
 """),
 md("""
 ### W2A8: both sides of the comparison are draws
@@ -1070,7 +1110,8 @@ qat_minutes = ([t / 60 for t in [qat8_s, qat8_std_s, *lr_s.values(), held_s]] + 
                + list(train_min.values()) + list(recon_min.values())
                + [m for c in draws for m, _ in draws[c][1:]]
                + [rows[-1]["train_seconds"] / 60 for rows in [*budget_curves.values(), *control.values(), *learn_runs.values(),
-                                                                *(r for runs in lr_runs.values() for r in runs)]])
+                                                                *(r for runs in lr_runs.values() for r in runs),
+                                                                *(rows for _, rows in sm_runs.values())]])
 msg.append(f"longest QAT run: {max(qat_minutes):.1f} min of training, of {len(qat_minutes)} timed runs "
            f"({'meets' if max(qat_minutes) <= 5 else 'misses'} at most 5 minutes)")
 n_fid = len(fp_top)
@@ -1088,6 +1129,8 @@ for c, (p, q, r) in rec.items():
         (f"; {', '.join(f'{e:+.0%}' for e in lr_end)} in as many minutes "
          f"at a weights' learning rate of {budget_lr:g}" if lr_end else "") +
         (f"; against the best smoothed PTQ {vs_best[c]:+.0%}" if c in vs_best else "") +
+        (f"; from the smoothed PTQ {sm_runs[c][1][-1]['recovered']:+.0%} after {sm_runs[c][1][-1]['train_seconds'] / 60:.1f} min "
+         f"({measure.recovery(sm_runs[c][1][0]['agreement'], sm_runs[c][1][-1]['agreement']):+.0%} of the smoothed PTQ's loss)" if c in sm_runs else "") +
         ("" if not target else f" — {'meets' if r >= 0.5 else 'misses'} the target of half" +
          ("" if math.isnan(lo) else f"; the interval {'lies below half' if hi < 0.5 else 'reaches half' if r < 0.5 else 'lies above half' if lo >= 0.5 else 'reaches below half'}")) +
         (f" (best of its runs and checkpoints: {best:+.0%})" if best > r else ""))
