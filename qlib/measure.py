@@ -307,6 +307,87 @@ def latencies(models: dict, image_size: int = 64, batch_size: int = 64, threads:
     return out
 
 
+@torch.inference_mode()
+def timeline(models: dict, seconds: float = 30.0, image_size: int = 64, batch_size: int = 64, threads: int = 2,
+             per_round: int = 3, probe_size: int = 1024, seed: int = 0, progress: bool = False) -> dict:
+    """How the machine's speed moves while ``models`` run, and how much each model feels it.
+
+    Rounds follow each other until ``seconds`` have passed. In each, every model runs
+    ``per_round`` batches back to back (their median is the model's time in that round: warm, as
+    a model serving alone), then a **probe** runs: five products of a fixed ``probe_size``-square
+    FP32 matrix, whose time depends on nothing but the machine. On a shared machine (virtual
+    CPUs whose physical cores other tenants also load) the probe slows in some rounds; the
+    models' times in the same rounds show how much each suffers. Returns ``{"t": [s since the
+    start, per round], "ms": {name: [ms per batch, per round]}, "probe_ms": [...], ...}``;
+    ``timeline_speedups`` summarises it."""
+    from tqdm.auto import tqdm
+
+    if not isinstance(models, dict) or not models:
+        raise ValueError(f"models={models!r}: expected a non-empty dict {{name: model}}")
+    if not seconds > 0 or per_round < 1 or batch_size < 1 or threads < 1 or probe_size < 1:
+        raise ValueError(f"seconds={seconds}, per_round={per_round}, batch_size={batch_size}, threads={threads}, "
+                         f"probe_size={probe_size}: expected seconds > 0 and the others >= 1")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, 3, image_size, image_size, generator=g)
+    a = torch.randn(probe_size, probe_size, generator=g)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = {"t": [], "ms": {name: [] for name in models}, "probe_ms": [], "per_round": per_round,
+           "batch_size": batch_size, "threads": threads, "probe_size": probe_size}
+    try:
+        models = {k: m.eval().cpu() if hasattr(m, "cpu") else m for k, m in models.items()}
+        for m in models.values():  # warm-up
+            m(x)
+        a @ a
+        bar = tqdm(total=round(seconds), desc="timeline", unit="s", disable=not progress)
+        start = time.perf_counter()
+        while (now := time.perf_counter() - start) < seconds:
+            out["t"].append(now)
+            for name, m in models.items():
+                t = []
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    m(x)
+                    t.append(time.perf_counter() - t0)
+                out["ms"][name].append(statistics.median(t) * 1e3)
+            t0 = time.perf_counter()
+            for _ in range(5):
+                a @ a
+            out["probe_ms"].append((time.perf_counter() - t0) * 1e3)
+            bar.update(min(round(time.perf_counter() - start), round(seconds)) - bar.n)
+        bar.close()
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
+def timeline_speedups(tl: dict, ref: str) -> dict:
+    """``timeline``'s rounds as speed-ups over the model ``ref``, each round's ratio measured in
+    that round: per other model (``"models"``), the median over all rounds, over the third of
+    rounds in which the probe ran fastest ("quiet": the machine to itself) and over the third in
+    which it ran slowest ("busy"); and every model's median ms per batch, and the probe's, in
+    each third (``"ms"``: how much each slows when the machine does)."""
+    if ref not in tl["ms"]:
+        raise ValueError(f"ref={ref!r}: expected one of the timeline's models {sorted(tl['ms'])}")
+    probe = np.asarray(tl["probe_ms"])
+    if len(probe) < 3:
+        raise ValueError(f"the timeline has {len(probe)} round(s): expected at least 3 (give it more seconds)")
+    order = np.argsort(probe, kind="stable")
+    third = len(probe) // 3
+    quiet, busy = order[:third], order[-third:]
+    r = np.asarray(tl["ms"][ref])
+    out = {"rounds": len(probe), "ms": {name: {"quiet": float(np.median(np.asarray(v)[quiet])),
+                                               "busy": float(np.median(np.asarray(v)[busy]))}
+                                        for name, v in [*tl["ms"].items(), ("probe", probe)]}, "models": {}}
+    for name, ms in tl["ms"].items():
+        if name == ref:
+            continue
+        s = r / np.asarray(ms)
+        out["models"][name] = {"all": float(np.median(s)), "quiet": float(np.median(s[quiet])),
+                               "busy": float(np.median(s[busy]))}
+    return out
+
+
 def memory_mb(model) -> float:
     """MB that ``model``'s parameters and buffers hold in memory, as its state dict holds them
     (a quantized tensor's 1-byte elements, the packed weights of PyTorch's int8 layers)."""

@@ -232,3 +232,33 @@ def latency_bars(rows, title: str = ""):
     ax.legend(fontsize=7, loc="upper right")  # the fastest, shortest bars are at the top
     fig.tight_layout()
     return fig
+
+
+def timeline(tl: dict, ref: str = "fp32", title: str = ""):
+    """``measure.timeline``: left, each model's time per batch and the probe's over the seconds
+    of the run (log scale); right, each round's speed-up over ``ref`` against the probe's time in
+    that round, so a reader sees whether the speed-up falls when the machine is loaded."""
+    if ref not in tl["ms"]:
+        raise ValueError(f"ref={ref!r}: expected one of the timeline's models {sorted(tl['ms'])}")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.9), gridspec_kw={"width_ratios": [1.5, 1]})
+    t, probe = np.asarray(tl["t"]), np.asarray(tl["probe_ms"])
+    others = [k for k in tl["ms"] if k != ref]
+    colors = dict(zip(others, plt.cm.tab10(np.arange(len(others)) % 10)))
+    ax.plot(t, tl["ms"][ref], color=PALETTE["fp32"], lw=1.2, label=f"{ref} (reference)")
+    for k in others:
+        ax.plot(t, tl["ms"][k], color=colors[k], lw=0.9, label=k)
+    ax.plot(t, probe, color="#999999", lw=1, ls="--", label=f"probe: 5 FP32 products {tl['probe_size']}²")
+    ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
+    ax.set_xlabel("seconds since the start of the run")
+    ax.set_ylabel(f"ms (median of {tl['per_round']} batches of {tl['batch_size']})")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.2), ncol=3, frameon=False)
+    r = np.asarray(tl["ms"][ref])
+    for k in others:
+        bx.scatter(probe, r / np.asarray(tl["ms"][k]), s=12, color=colors[k], alpha=0.7, label=k)
+    bx.set_xlabel("probe's time in the round (ms): the machine's load")
+    bx.set_ylabel(f"speed-up over {ref} in the round")
+    bx.set_ylim(bottom=0)
+    fig.suptitle(title or "The machine's speed over one run", fontweight="bold")
+    fig.tight_layout()
+    return fig

@@ -1,6 +1,7 @@
 """qlib.measure and qlib.results: the protocol every chapter uses."""
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -283,3 +284,39 @@ def test_recovery_ci_refuses_mismatched_or_non_boolean_input():
     for kw in ({"n_boot": 0}, {"level": 1.0}, {"n_boot": 2.5}):
         with pytest.raises(ValueError, match=r"n_boot=.*level=.*expected"):
             measure.recovery_ci(p, q, groups, **kw)
+
+
+def test_timeline_times_every_model_and_the_probe_in_each_round():
+    class Sleeper(torch.nn.Module):
+        def forward(self, x):
+            time.sleep(0.003)
+            return x
+
+    old = torch.get_num_threads()
+    tl = measure.timeline({"ref": torch.nn.Identity(), "slow": Sleeper()}, seconds=0.3, image_size=8, batch_size=2,
+                          threads=1, per_round=2, probe_size=32)
+    n = len(tl["t"])
+    assert n >= 1 and len(tl["probe_ms"]) == n and all(len(v) == n for v in tl["ms"].values())
+    assert tl["t"] == sorted(tl["t"]) and tl["t"][-1] < 0.3  # a round starts only within the time asked
+    assert all(ms >= 3.0 for ms in tl["ms"]["slow"]) and all(p > 0 for p in tl["probe_ms"])
+    assert torch.get_num_threads() == old  # the thread count is restored
+    with pytest.raises(ValueError, match="seconds=0"):
+        measure.timeline({"a": torch.nn.Identity()}, seconds=0)
+    with pytest.raises(ValueError, match="expected a non-empty dict"):
+        measure.timeline({})
+
+
+def test_timeline_speedups_split_the_rounds_by_the_probe():
+    """Nine rounds; the probe's three fastest are the quiet third, its three slowest the busy one.
+    Each round's speed-up is measured in that round."""
+    tl = {"t": list(range(9)), "probe_ms": [2, 1, 1, 3, 2, 1, 3, 2, 3],
+          "ms": {"fp": [10.0] * 9, "q": [2.0, 1.0, 1.0, 5.0, 2.0, 1.0, 5.0, 2.0, 5.0]}}
+    s = measure.timeline_speedups(tl, "fp")
+    assert s["rounds"] == 9 and set(s["models"]) == {"q"}
+    assert s["models"]["q"] == {"all": 5.0, "quiet": 10.0, "busy": 2.0}
+    assert s["ms"]["q"] == {"quiet": 1.0, "busy": 5.0} and s["ms"]["fp"] == {"quiet": 10.0, "busy": 10.0}
+    assert s["ms"]["probe"] == {"quiet": 1.0, "busy": 3.0}
+    with pytest.raises(ValueError, match="ref='nope'"):
+        measure.timeline_speedups(tl, "nope")
+    with pytest.raises(ValueError, match="2 round"):
+        measure.timeline_speedups({**tl, "probe_ms": [1, 2], "ms": {"fp": [1, 1], "q": [1, 1]}}, "fp")

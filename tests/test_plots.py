@@ -214,3 +214,19 @@ def test_latency_bars_draw_warm_and_cold_for_every_variant():
     assert sorted(p.get_width() for p in ax.patches) == [15.0, 35.0, 97.0, 138.0]
     assert {t.get_text().strip() for t in ax.texts} == {"1.0x", "6.5x", "3.9x"}
     plots.plt.close(fig)
+
+
+def test_timeline_plots_each_round_and_keeps_its_key_off_the_axis_label():
+    tl = {"t": [0.0, 1.0, 2.0, 3.0], "probe_ms": [35.0, 50.0, 36.0, 48.0], "per_round": 3, "batch_size": 64, "probe_size": 1024,
+          "ms": {"fp32": [100.0, 140.0, 101.0, 139.0], "a": [14.0, 38.0, 15.0, 36.0], "b": [15.0, 40.0, 14.0, 37.0]}}
+    fig = plots.timeline(tl)
+    ax, bx = fig.axes
+    assert len(ax.lines) == 4  # FP32, two models, the probe
+    assert [c.get_offsets().shape[0] for c in bx.collections] == [4, 4]  # one point per round per model
+    assert bx.collections[0].get_offsets()[1].tolist() == pytest.approx([50.0, 140 / 38])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert not ax.get_legend().get_window_extent(renderer).overlaps(ax.xaxis.label.get_window_extent(renderer))
+    plots.plt.close(fig)
+    with pytest.raises(ValueError, match="ref='nope'"):
+        plots.timeline(tl, ref="nope")
