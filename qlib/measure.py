@@ -361,30 +361,32 @@ def timeline(models: dict, seconds: float = 30.0, image_size: int = 64, batch_si
     return out
 
 
-def timeline_speedups(tl: dict, ref: str) -> dict:
+def timeline_speedups(tl: dict, ref: str, loaded: float = 1.2) -> dict:
     """``timeline``'s rounds as speed-ups over the model ``ref``, each round's ratio measured in
-    that round: per other model (``"models"``), the median over all rounds, over the third of
-    rounds in which the probe ran fastest ("quiet": the machine to itself) and over the third in
-    which it ran slowest ("busy"); and every model's median ms per batch, and the probe's, in
-    each third (``"ms"``: how much each slows when the machine does)."""
+    that round. The rounds are split by the probe: **quiet**, the half in which it ran fastest;
+    **loaded**, those in which it took at least ``loaded`` times the quiet half's median (none,
+    if the machine held its speed). Per other model (``"models"``): the median speed-up over all
+    rounds, the quiet and the loaded ones (None without loaded rounds); ``"ms"``: every model's
+    median ms per batch, and the probe's, in each set (how much each slows when the machine does)."""
     if ref not in tl["ms"]:
         raise ValueError(f"ref={ref!r}: expected one of the timeline's models {sorted(tl['ms'])}")
-    probe = np.asarray(tl["probe_ms"])
-    if len(probe) < 3:
-        raise ValueError(f"the timeline has {len(probe)} round(s): expected at least 3 (give it more seconds)")
-    order = np.argsort(probe, kind="stable")
-    third = len(probe) // 3
-    quiet, busy = order[:third], order[-third:]
-    r = np.asarray(tl["ms"][ref])
-    out = {"rounds": len(probe), "ms": {name: {"quiet": float(np.median(np.asarray(v)[quiet])),
-                                               "busy": float(np.median(np.asarray(v)[busy]))}
-                                        for name, v in [*tl["ms"].items(), ("probe", probe)]}, "models": {}}
+    if not loaded > 1:
+        raise ValueError(f"loaded={loaded!r}: expected a factor > 1 (the probe's slowing that marks a loaded round)")
+    probe = np.asarray(tl["probe_ms"], dtype=float)
+    if len(probe) < 2:
+        raise ValueError(f"the timeline has {len(probe)} round(s): expected at least 2 (give it more seconds)")
+    quiet = np.argsort(probe, kind="stable")[: len(probe) // 2]
+    busy = np.flatnonzero(probe >= loaded * np.median(probe[quiet]))
+    med = lambda v, idx: float(np.median(np.asarray(v, dtype=float)[idx])) if len(idx) else None
+    out = {"rounds": len(probe), "loaded_rounds": len(busy), "loaded_factor": loaded,
+           "probe_threshold_ms": float(loaded * np.median(probe[quiet])),
+           "ms": {name: {"quiet": med(v, quiet), "loaded": med(v, busy)} for name, v in [*tl["ms"].items(), ("probe", probe)]},
+           "models": {}}
+    r = np.asarray(tl["ms"][ref], dtype=float)
     for name, ms in tl["ms"].items():
-        if name == ref:
-            continue
-        s = r / np.asarray(ms)
-        out["models"][name] = {"all": float(np.median(s)), "quiet": float(np.median(s[quiet])),
-                               "busy": float(np.median(s[busy]))}
+        if name != ref:
+            s = r / np.asarray(ms, dtype=float)
+            out["models"][name] = {"all": float(np.median(s)), "quiet": med(s, quiet), "loaded": med(s, busy)}
     return out
 
 

@@ -234,10 +234,11 @@ def latency_bars(rows, title: str = ""):
     return fig
 
 
-def timeline(tl: dict, ref: str = "fp32", title: str = ""):
+def timeline(tl: dict, ref: str = "fp32", title: str = "", loaded_ms: float | None = None):
     """``measure.timeline``: left, each model's time per batch and the probe's over the seconds
     of the run (log scale); right, each round's speed-up over ``ref`` against the probe's time in
-    that round, so a reader sees whether the speed-up falls when the machine is loaded."""
+    that round, so a reader sees whether the speed-up falls when the machine is loaded; with
+    ``loaded_ms`` (``measure.timeline_speedups``' threshold) a line where the loaded rounds begin."""
     if ref not in tl["ms"]:
         raise ValueError(f"ref={ref!r}: expected one of the timeline's models {sorted(tl['ms'])}")
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.9), gridspec_kw={"width_ratios": [1.5, 1]})
@@ -256,6 +257,9 @@ def timeline(tl: dict, ref: str = "fp32", title: str = ""):
     r = np.asarray(tl["ms"][ref])
     for k in others:
         bx.scatter(probe, r / np.asarray(tl["ms"][k]), s=12, color=colors[k], alpha=0.7, label=k)
+    if loaded_ms is not None:
+        bx.axvline(loaded_ms, color="#999999", lw=1, ls="--")
+        bx.text(loaded_ms, 0.02, " loaded rounds →", transform=bx.get_xaxis_transform(), fontsize=7, color="#555555")
     bx.set_xlabel("probe's time in the round (ms): the machine's load")
     bx.set_ylabel(f"speed-up over {ref} in the round")
     bx.set_ylim(bottom=0)

@@ -307,16 +307,22 @@ def test_timeline_times_every_model_and_the_probe_in_each_round():
 
 
 def test_timeline_speedups_split_the_rounds_by_the_probe():
-    """Nine rounds; the probe's three fastest are the quiet third, its three slowest the busy one.
-    Each round's speed-up is measured in that round."""
-    tl = {"t": list(range(9)), "probe_ms": [2, 1, 1, 3, 2, 1, 3, 2, 3],
-          "ms": {"fp": [10.0] * 9, "q": [2.0, 1.0, 1.0, 5.0, 2.0, 1.0, 5.0, 2.0, 5.0]}}
+    """Eight rounds. The probe's fastest half (1, 1, 1, 1.1 ms: median 1) is the quiet set; a round
+    whose probe takes at least 1.2 times that is loaded (the three at 2 and 3 ms). Each round's
+    speed-up is measured in that round."""
+    tl = {"t": list(range(8)), "probe_ms": [2, 1, 1, 3, 1, 1.1, 3, 1.15],
+          "ms": {"fp": [10.0] * 8, "q": [5.0, 1.0, 1.0, 5.0, 1.0, 2.0, 5.0, 2.0]}}
     s = measure.timeline_speedups(tl, "fp")
-    assert s["rounds"] == 9 and set(s["models"]) == {"q"}
-    assert s["models"]["q"] == {"all": 5.0, "quiet": 10.0, "busy": 2.0}
-    assert s["ms"]["q"] == {"quiet": 1.0, "busy": 5.0} and s["ms"]["fp"] == {"quiet": 10.0, "busy": 10.0}
-    assert s["ms"]["probe"] == {"quiet": 1.0, "busy": 3.0}
+    assert s["rounds"] == 8 and s["loaded_rounds"] == 3 and s["probe_threshold_ms"] == pytest.approx(1.2)
+    assert set(s["models"]) == {"q"}
+    assert s["models"]["q"] == {"all": 5.0, "quiet": 10.0, "loaded": 2.0}
+    assert s["ms"]["q"] == {"quiet": 1.0, "loaded": 5.0} and s["ms"]["fp"] == {"quiet": 10.0, "loaded": 10.0}
+    assert s["ms"]["probe"] == {"quiet": 1.0, "loaded": 3.0}
+    steady = measure.timeline_speedups({**tl, "probe_ms": [1.0] * 8}, "fp")  # the machine held its speed
+    assert steady["loaded_rounds"] == 0 and steady["models"]["q"]["loaded"] is None
     with pytest.raises(ValueError, match="ref='nope'"):
         measure.timeline_speedups(tl, "nope")
-    with pytest.raises(ValueError, match="2 round"):
-        measure.timeline_speedups({**tl, "probe_ms": [1, 2], "ms": {"fp": [1, 1], "q": [1, 1]}}, "fp")
+    with pytest.raises(ValueError, match="loaded=1"):
+        measure.timeline_speedups(tl, "fp", loaded=1)
+    with pytest.raises(ValueError, match="1 round"):
+        measure.timeline_speedups({**tl, "probe_ms": [1], "ms": {"fp": [1], "q": [1]}}, "fp")

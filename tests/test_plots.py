@@ -219,8 +219,9 @@ def test_latency_bars_draw_warm_and_cold_for_every_variant():
 def test_timeline_plots_each_round_and_keeps_its_key_off_the_axis_label():
     tl = {"t": [0.0, 1.0, 2.0, 3.0], "probe_ms": [35.0, 50.0, 36.0, 48.0], "per_round": 3, "batch_size": 64, "probe_size": 1024,
           "ms": {"fp32": [100.0, 140.0, 101.0, 139.0], "a": [14.0, 38.0, 15.0, 36.0], "b": [15.0, 40.0, 14.0, 37.0]}}
-    fig = plots.timeline(tl)
+    fig = plots.timeline(tl, loaded_ms=42.0)
     ax, bx = fig.axes
+    assert [ln.get_xdata()[0] for ln in bx.lines] == [42.0]  # where the loaded rounds begin
     assert len(ax.lines) == 4  # FP32, two models, the probe
     assert [c.get_offsets().shape[0] for c in bx.collections] == [4, 4]  # one point per round per model
     assert bx.collections[0].get_offsets()[1].tolist() == pytest.approx([50.0, 140 / 38])
