@@ -103,6 +103,8 @@ see why, the next cell runs FP32 and the int8-engine variants for a fixed time i
 **probe** that has nothing to do with quantization: five products of one fixed FP32 matrix.
 If the probe slows in some rounds, the machine itself slowed; the models' times in the same
 rounds show how much each one feels it, and each round's speed-up is measured inside that round.
+The text compares the quiet half of the rounds (the probe's fastest) with the loaded ones (the
+probe at least 20% slower than in the quiet half).
 """),
 code("""
 if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
@@ -110,29 +112,32 @@ if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
     tl = measure.timeline({k: bench.load_runnable(found[k])[0] for k in ["fp32", *e8["variant"]]},
                           seconds=5 if cfg.smoke else timeline_seconds, image_size=cfg.image_size, progress=True)
     results.write_json(tl, results.results_dir(cfg) / "timeline.json")
-    tls = measure.timeline_speedups(tl, "fp32")
-    fig = plots.timeline(tl, title=f"FP32 and the int8 engine over {timeline_seconds if not cfg.smoke else 5} s of this machine")
-    q = [v["quiet"] for v in tls["models"].values()]
-    bz = [v["busy"] for v in tls["models"].values()]
-    slow = {k: v["busy"] / v["quiet"] for k, v in tls["ms"].items()}  # how much longer each takes when the machine is loaded
-    s8 = [slow[k] for k in tls["models"]]
+    tls = measure.timeline_speedups(tl, "fp32")  # quiet half and loaded rounds (the probe 20% slower) of the rounds
+    fig = plots.timeline(tl, title=f"FP32 and the int8 engine over {timeline_seconds if not cfg.smoke else 5} s of this machine",
+                         loaded_ms=tls["probe_threshold_ms"])
     def span(v, f="{:.1f}", sep="-"):
         lo, hi = f.format(min(v)), f.format(max(v))
         return lo if lo == hi else lo + sep + hi
-    text = (f"{tls['rounds']} rounds. In the third of them where the probe ran fastest (median {tls['ms']['probe']['quiet']:.0f} ms) "
-            f"the int8-engine variants ran **{span(q)}x** faster than FP32; in the third where it ran slowest "
-            f"({tls['ms']['probe']['busy']:.0f} ms), **{span(bz)}x**. From the quiet rounds to the busy ones the probe "
-            f"took {slow['probe'] - 1:+.0%} longer, FP32 {slow['fp32'] - 1:+.0%}, the int8 variants {span([v - 1 for v in s8], '{:+.0%}', ' to ')}. ")
-    if slow["probe"] < 1.1:  # the machine held its speed through the run
-        text += ("The probe's time moved by less than 10%: this run met no loaded stretch of the machine, and its speed-ups "
-                 "are the quiet machine's.")
+    sp, ms_ = tls["models"], tls["ms"]
+    text = (f"{tls['rounds']} rounds. In the quiet half of them (the probe's fastest, median {ms_['probe']['quiet']:.0f} ms) the "
+            f"int8-engine variants ran **{span([v['quiet'] for v in sp.values()])}x** faster than FP32. ")
+    if not tls["loaded_rounds"]:
+        text += (f"No round took the probe {tls['loaded_factor'] - 1:.0%} longer than that: the machine held its speed through "
+                 "this run, and these are the quiet machine's speed-ups.")
     else:
-        lost_more = min(s8) - 1 > 2 * (slow["fp32"] - 1)
-        text += ("The whole machine slowed in some stretches (the probe, a plain matrix product, with the models), and the "
-                 + ("int8 engine's kernels lost far more than FP32's: a timing taken in a loaded stretch gives a lower speed-up, "
-                    "one taken in a quiet stretch a higher, and the benchmark above reports whichever mix of the two its rounds met. "
-                    if lost_more else "int8 engine lost about as much as FP32, so the speed-up held. ")
-                 + "The slowing comes from outside the models: the quiet figure is the engine's speed on an unloaded machine.")
+        slow = {k: v["loaded"] / v["quiet"] for k, v in ms_.items()}  # how much longer each takes when the machine is loaded
+        s8 = [slow[k] for k in sp]
+        text += (f"In {tls['loaded_rounds']} round(s) the probe took at least {tls['loaded_factor'] - 1:.0%} longer (right of the "
+                 f"dashed line; median {ms_['probe']['loaded']:.0f} ms): the machine itself was slower. In those rounds FP32 took "
+                 f"{slow['fp32'] - 1:+.0%} longer, the int8 variants {span([v - 1 for v in s8], '{:+.0%}', ' to ')}, and the speed-up "
+                 f"was **{span([v['loaded'] for v in sp.values()])}x**. ")
+        if min(s8) - 1 > 2 * (slow["fp32"] - 1):
+            text += ("The int8 engine's kernels lose far more than FP32's when the machine is loaded: a timing taken in a loaded "
+                     "stretch gives a lower speed-up, one taken in a quiet stretch a higher, and the benchmark above reports "
+                     "whichever mix of the two its rounds met. The slowing comes from outside the models (the probe, a plain "
+                     "matrix product, slows with them): the quiet figure is the engine's speed on an unloaded machine.")
+        else:
+            text += "The int8 engine slowed about as much as FP32, so the speed-up held."
     display(Markdown(text))
 """),
 code("""
