@@ -307,6 +307,18 @@ def latencies(models: dict, image_size: int = 64, batch_size: int = 64, threads:
     return out
 
 
+def stolen_ms():
+    """CPU time the hypervisor ran something else while this virtual machine's CPUs wanted to run
+    ("steal" in Linux's ``/proc/stat``, summed over the CPUs), in ms since boot; None where the
+    system does not count it. Two readings' difference is the time stolen between them."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) * 1e3 / os.sysconf("SC_CLK_TCK") if fields[0] == "cpu" and len(fields) > 8 else None
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 @torch.inference_mode()
 def timeline(models: dict, seconds: float = 30.0, image_size: int = 64, batch_size: int = 64, threads: int = 2,
              per_round: int = 3, probe_size: int = 1024, seed: int = 0, progress: bool = False) -> dict:
@@ -318,8 +330,9 @@ def timeline(models: dict, seconds: float = 30.0, image_size: int = 64, batch_si
     FP32 matrix, whose time depends on nothing but the machine. On a shared machine (virtual
     CPUs whose physical cores other tenants also load) the probe slows in some rounds; the
     models' times in the same rounds show how much each suffers. Returns ``{"t": [s since the
-    start, per round], "ms": {name: [ms per batch, per round]}, "probe_ms": [...], ...}``;
-    ``timeline_speedups`` summarises it."""
+    start, per round], "ms": {name: [ms per batch, per round]}, "probe_ms": [...], "round_ms":
+    [the whole round's], "steal_ms": [CPU time stolen by the hypervisor during it (``stolen_ms``;
+    None where not counted)], ...}``; ``timeline_speedups`` summarises it."""
     from tqdm.auto import tqdm
 
     if not isinstance(models, dict) or not models:
@@ -332,7 +345,7 @@ def timeline(models: dict, seconds: float = 30.0, image_size: int = 64, batch_si
     a = torch.randn(probe_size, probe_size, generator=g)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
-    out = {"t": [], "ms": {name: [] for name in models}, "probe_ms": [], "per_round": per_round,
+    out = {"t": [], "ms": {name: [] for name in models}, "probe_ms": [], "round_ms": [], "steal_ms": [], "per_round": per_round,
            "batch_size": batch_size, "threads": threads, "probe_size": probe_size}
     try:
         models = {k: m.eval().cpu() if hasattr(m, "cpu") else m for k, m in models.items()}
@@ -343,6 +356,7 @@ def timeline(models: dict, seconds: float = 30.0, image_size: int = 64, batch_si
         start = time.perf_counter()
         while (now := time.perf_counter() - start) < seconds:
             out["t"].append(now)
+            steal0 = stolen_ms()
             for name, m in models.items():
                 t = []
                 for _ in range(per_round):
@@ -354,6 +368,9 @@ def timeline(models: dict, seconds: float = 30.0, image_size: int = 64, batch_si
             for _ in range(5):
                 a @ a
             out["probe_ms"].append((time.perf_counter() - t0) * 1e3)
+            steal1 = stolen_ms()
+            out["round_ms"].append((time.perf_counter() - start - now) * 1e3)
+            out["steal_ms"].append(None if steal0 is None or steal1 is None else steal1 - steal0)
             bar.update(min(round(time.perf_counter() - start), round(seconds)) - bar.n)
         bar.close()
     finally:
@@ -367,7 +384,9 @@ def timeline_speedups(tl: dict, ref: str, loaded: float = 1.2) -> dict:
     **loaded**, those in which it took at least ``loaded`` times the quiet half's median (none,
     if the machine held its speed). Per other model (``"models"``): the median speed-up over all
     rounds, the quiet and the loaded ones (None without loaded rounds); ``"ms"``: every model's
-    median ms per batch, and the probe's, in each set (how much each slows when the machine does)."""
+    median ms per batch, and the probe's, in each set (how much each slows when the machine does),
+    and where the timeline has them the median round's duration (``"round"``) and the CPU time
+    stolen from it (``"steal"``)."""
     if ref not in tl["ms"]:
         raise ValueError(f"ref={ref!r}: expected one of the timeline's models {sorted(tl['ms'])}")
     if not loaded > 1:
@@ -382,6 +401,10 @@ def timeline_speedups(tl: dict, ref: str, loaded: float = 1.2) -> dict:
            "probe_threshold_ms": float(loaded * np.median(probe[quiet])),
            "ms": {name: {"quiet": med(v, quiet), "loaded": med(v, busy)} for name, v in [*tl["ms"].items(), ("probe", probe)]},
            "models": {}}
+    for key, name in (("round_ms", "round"), ("steal_ms", "steal")):  # absent from older timelines, steal None off Linux
+        v = tl.get(key)
+        if v is not None and len(v) == len(probe) and all(x is not None for x in v):
+            out["ms"][name] = {"quiet": med(v, quiet), "loaded": med(v, busy)}
     r = np.asarray(tl["ms"][ref], dtype=float)
     for name, ms in tl["ms"].items():
         if name != ref:

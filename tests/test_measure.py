@@ -299,11 +299,25 @@ def test_timeline_times_every_model_and_the_probe_in_each_round():
     assert n >= 1 and len(tl["probe_ms"]) == n and all(len(v) == n for v in tl["ms"].values())
     assert tl["t"] == sorted(tl["t"]) and tl["t"][-1] < 0.3  # a round starts only within the time asked
     assert all(ms >= 3.0 for ms in tl["ms"]["slow"]) and all(p > 0 for p in tl["probe_ms"])
+    assert len(tl["round_ms"]) == len(tl["steal_ms"]) == n and all(r >= 2 * 3.0 for r in tl["round_ms"])
+    assert all(st is None or st >= 0 for st in tl["steal_ms"])
     assert torch.get_num_threads() == old  # the thread count is restored
     with pytest.raises(ValueError, match="seconds=0"):
         measure.timeline({"a": torch.nn.Identity()}, seconds=0)
     with pytest.raises(ValueError, match="expected a non-empty dict"):
         measure.timeline({})
+
+
+def test_stolen_ms_reads_the_hypervisors_count_or_none(monkeypatch, tmp_path):
+    got = measure.stolen_ms()
+    assert got is None or got >= 0
+    fake = tmp_path / "stat"
+    fake.write_text("cpu  1 2 3 4 5 6 7 25 0 0\ncpu0 1 2 3 4 5 6 7 25 0 0\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(fake if p == "/proc/stat" else p, *a, **k))
+    assert measure.stolen_ms() == pytest.approx(25 * 1e3 / measure.os.sysconf("SC_CLK_TCK"))
+    fake.write_text("intr 1 2\n")
+    assert measure.stolen_ms() is None
 
 
 def test_timeline_speedups_split_the_rounds_by_the_probe():
@@ -318,6 +332,11 @@ def test_timeline_speedups_split_the_rounds_by_the_probe():
     assert s["models"]["q"] == {"all": 5.0, "quiet": 10.0, "loaded": 2.0}
     assert s["ms"]["q"] == {"quiet": 1.0, "loaded": 5.0} and s["ms"]["fp"] == {"quiet": 10.0, "loaded": 10.0}
     assert s["ms"]["probe"] == {"quiet": 1.0, "loaded": 3.0}
+    assert "round" not in s["ms"] and "steal" not in s["ms"]  # a timeline without them
+    timed = measure.timeline_speedups({**tl, "round_ms": [50, 30, 30, 60, 30, 31, 55, 31], "steal_ms": [0, 0, 0, 10, 0, 0, 0, 0]}, "fp")
+    assert timed["ms"]["round"] == {"quiet": 30.0, "loaded": 55.0} and timed["ms"]["steal"] == {"quiet": 0.0, "loaded": 0.0}
+    uncounted = measure.timeline_speedups({**tl, "steal_ms": [None] * 8}, "fp")  # a system that does not count steal
+    assert "steal" not in uncounted["ms"]
     steady = measure.timeline_speedups({**tl, "probe_ms": [1.0] * 8}, "fp")  # the machine held its speed
     assert steady["loaded_rounds"] == 0 and steady["models"]["q"]["loaded"] is None
     with pytest.raises(ValueError, match="ref='nope'"):

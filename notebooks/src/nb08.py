@@ -96,8 +96,8 @@ if untimed:
 md("""
 ## Why the speed-up moves: a shared machine
 
-The int8 engine's speed-up over FP32 on this machine has not been one number: across the
-chapters' runs it came out between about 3.5x and 8x, with the same files and the same code. To
+The int8 engine's speed-up over FP32 on this machine has not been one number: on one day
+(6 December 2026) it came out between 3.3x and 8.3x, with the same files and the same code. To
 see why, the next cell runs FP32 and the int8-engine variants for a fixed time in short rounds
 (each model three batches back to back, as a model serving alone), and after each round a
 **probe** that has nothing to do with quantization: five products of one fixed FP32 matrix.
@@ -131,6 +131,12 @@ if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
                  f"dashed line; median {ms_['probe']['loaded']:.0f} ms): the machine itself was slower. In those rounds FP32 took "
                  f"{slow['fp32'] - 1:+.0%} longer, the int8 variants {span([v - 1 for v in s8], '{:+.0%}', ' to ')}, and the speed-up "
                  f"was **{span([v['loaded'] for v in sp.values()])}x**. ")
+        if "steal" in ms_ and "round" in ms_:  # Linux counts the CPU time the hypervisor gives to others ("steal")
+            extra, stolen = ms_["round"]["loaded"] - ms_["round"]["quiet"], ms_["steal"]["loaded"]
+            text += (f"A loaded round took {extra:.0f} ms longer than a quiet one (medians), and the system counted {stolen:.0f} ms "
+                     "of CPU time stolen by the hypervisor in it: "
+                     + ("the virtual CPUs were not taken away, they ran slower. " if stolen < 0.25 * extra else
+                        "the hypervisor ran something else on these CPUs for much of it. "))
         if min(s8) - 1 > 2 * (slow["fp32"] - 1):
             text += ("The int8 engine's kernels lose far more than FP32's when the machine is loaded: a timing taken in a loaded "
                      "stretch gives a lower speed-up, one taken in a quiet stretch a higher, and the benchmark above reports "
