@@ -125,7 +125,8 @@ if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
         text += (f"No round took the probe {tls['loaded_factor'] - 1:.0%} longer than that: the machine held its speed through "
                  "this run, and these are the quiet machine's speed-ups.")
     else:
-        slow = {k: v["loaded"] / v["quiet"] for k, v in ms_.items()}  # how much longer each takes when the machine is loaded
+        slow = {k: v["loaded"] / v["quiet"] for k, v in ms_.items()  # how much longer each takes when the machine is loaded
+                if k not in ("round", "steal")}  # (the round's duration and the stolen time are not models)
         s8 = [slow[k] for k in sp]
         text += (f"In {tls['loaded_rounds']} round(s) the probe took at least {tls['loaded_factor'] - 1:.0%} longer (right of the "
                  f"dashed line; median {ms_['probe']['loaded']:.0f} ms): the machine itself was slower. In those rounds FP32 took "
