@@ -251,6 +251,16 @@ def latency(model, image_size: int = 64, batch_size: int = 64, threads: int = 2,
     return latencies({"model": model}, image_size, batch_size, threads, warmup, runs, seed)["model"]
 
 
+def _timed(model, x, n: int) -> list:
+    """Seconds of each of ``n`` calls ``model(x)``, back to back."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        model(x)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 @torch.inference_mode()
 def latencies(models: dict, image_size: int = 64, batch_size: int = 64, threads: int = 2,
               warmup: int = 5, runs: int = 20, seed: int = 0, progress: bool = False, block: int = 1) -> dict:
@@ -286,12 +296,7 @@ def latencies(models: dict, image_size: int = 64, batch_size: int = 64, threads:
         bar = tqdm(total=runs * len(models) * block, desc="latency", unit="batch", disable=not progress)
         for _ in range(runs):
             for name, m in models.items():
-                t = []
-                for _ in range(block):
-                    t0 = time.perf_counter()
-                    m(x)
-                    t.append(time.perf_counter() - t0)
-                times[name].append(t)
+                times[name].append(_timed(m, x, block))
                 bar.update(block)
         bar.close()
     finally:
@@ -358,12 +363,7 @@ def timeline(models: dict, seconds: float = 30.0, image_size: int = 64, batch_si
             out["t"].append(now)
             steal0 = stolen_ms()
             for name, m in models.items():
-                t = []
-                for _ in range(per_round):
-                    t0 = time.perf_counter()
-                    m(x)
-                    t.append(time.perf_counter() - t0)
-                out["ms"][name].append(statistics.median(t) * 1e3)
+                out["ms"][name].append(statistics.median(_timed(m, x, per_round)) * 1e3)
             t0 = time.perf_counter()
             for _ in range(5):
                 a @ a
