@@ -384,9 +384,9 @@ def timeline_speedups(tl: dict, ref: str, loaded: float = 1.2) -> dict:
     **loaded**, those in which it took at least ``loaded`` times the quiet half's median (none,
     if the machine held its speed). Per other model (``"models"``): the median speed-up over all
     rounds, the quiet and the loaded ones (None without loaded rounds); ``"ms"``: every model's
-    median ms per batch, and the probe's, in each set (how much each slows when the machine does),
-    and where the timeline has them the median round's duration (``"round"``) and the CPU time
-    stolen from it (``"steal"``)."""
+    median ms per batch, and the probe's, in each set (how much each slows when the machine does);
+    ``"round_ms"``: where the timeline has them, the median round's duration (``"duration"``) and the
+    CPU time stolen from it (``"stolen"``) in each set, ms."""
     if ref not in tl["ms"]:
         raise ValueError(f"ref={ref!r}: expected one of the timeline's models {sorted(tl['ms'])}")
     if not loaded > 1:
@@ -400,11 +400,11 @@ def timeline_speedups(tl: dict, ref: str, loaded: float = 1.2) -> dict:
     out = {"rounds": len(probe), "loaded_rounds": len(busy), "loaded_factor": loaded,
            "probe_threshold_ms": float(loaded * np.median(probe[quiet])),
            "ms": {name: {"quiet": med(v, quiet), "loaded": med(v, busy)} for name, v in [*tl["ms"].items(), ("probe", probe)]},
-           "models": {}}
-    for key, name in (("round_ms", "round"), ("steal_ms", "steal")):  # absent from older timelines, steal None off Linux
+           "models": {}, "round_ms": {}}
+    for key, name in (("round_ms", "duration"), ("steal_ms", "stolen")):  # absent from older timelines, steal None off Linux
         v = tl.get(key)
         if v is not None and len(v) == len(probe) and all(x is not None for x in v):
-            out["ms"][name] = {"quiet": med(v, quiet), "loaded": med(v, busy)}
+            out["round_ms"][name] = {"quiet": med(v, quiet), "loaded": med(v, busy)}
     r = np.asarray(tl["ms"][ref], dtype=float)
     for name, ms in tl["ms"].items():
         if name != ref:

@@ -332,11 +332,12 @@ def test_timeline_speedups_split_the_rounds_by_the_probe():
     assert s["models"]["q"] == {"all": 5.0, "quiet": 10.0, "loaded": 2.0}
     assert s["ms"]["q"] == {"quiet": 1.0, "loaded": 5.0} and s["ms"]["fp"] == {"quiet": 10.0, "loaded": 10.0}
     assert s["ms"]["probe"] == {"quiet": 1.0, "loaded": 3.0}
-    assert "round" not in s["ms"] and "steal" not in s["ms"]  # a timeline without them
+    assert set(s["ms"]) == {"fp", "q", "probe"} and s["round_ms"] == {}  # a timeline without rounds' durations or steal
     timed = measure.timeline_speedups({**tl, "round_ms": [50, 30, 30, 60, 30, 31, 55, 31], "steal_ms": [0, 0, 0, 10, 0, 0, 0, 0]}, "fp")
-    assert timed["ms"]["round"] == {"quiet": 30.0, "loaded": 55.0} and timed["ms"]["steal"] == {"quiet": 0.0, "loaded": 0.0}
-    uncounted = measure.timeline_speedups({**tl, "steal_ms": [None] * 8}, "fp")  # a system that does not count steal
-    assert "steal" not in uncounted["ms"]
+    assert timed["round_ms"] == {"duration": {"quiet": 30.0, "loaded": 55.0}, "stolen": {"quiet": 0.0, "loaded": 0.0}}
+    assert set(timed["ms"]) == {"fp", "q", "probe"}  # only the models and the probe
+    uncounted = measure.timeline_speedups({**tl, "round_ms": [50, 30, 30, 60, 30, 31, 55, 31], "steal_ms": [None] * 8}, "fp")
+    assert set(uncounted["round_ms"]) == {"duration"}  # a system that does not count steal
     steady = measure.timeline_speedups({**tl, "probe_ms": [1.0] * 8}, "fp")  # the machine held its speed
     assert steady["loaded_rounds"] == 0 and steady["models"]["q"]["loaded"] is None
     with pytest.raises(ValueError, match="ref='nope'"):

@@ -125,15 +125,15 @@ if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
         text += (f"No round took the probe {tls['loaded_factor'] - 1:.0%} longer than that: the machine held its speed through "
                  "this run, and these are the quiet machine's speed-ups.")
     else:
-        slow = {k: v["loaded"] / v["quiet"] for k, v in ms_.items()  # how much longer each takes when the machine is loaded
-                if k not in ("round", "steal")}  # (the round's duration and the stolen time are not models)
+        slow = {k: v["loaded"] / v["quiet"] for k, v in ms_.items()}  # how much longer each takes when the machine is loaded
         s8 = [slow[k] for k in sp]
         text += (f"In {tls['loaded_rounds']} round(s) the probe took at least {tls['loaded_factor'] - 1:.0%} longer (right of the "
                  f"dashed line; median {ms_['probe']['loaded']:.0f} ms): the machine itself was slower. In those rounds FP32 took "
                  f"{slow['fp32'] - 1:+.0%} longer, the int8 variants {span([v - 1 for v in s8], '{:+.0%}', ' to ')}, and the speed-up "
                  f"was **{span([v['loaded'] for v in sp.values()])}x**. ")
-        if "steal" in ms_ and "round" in ms_:  # Linux counts the CPU time the hypervisor gives to others ("steal")
-            extra, stolen = ms_["round"]["loaded"] - ms_["round"]["quiet"], ms_["steal"]["loaded"]
+        rms = tls["round_ms"]
+        if "stolen" in rms and "duration" in rms:  # Linux counts the CPU time the hypervisor gives to others ("steal")
+            extra, stolen = rms["duration"]["loaded"] - rms["duration"]["quiet"], rms["stolen"]["loaded"]
             text += (f"A loaded round took {extra:.0f} ms longer than a quiet one (medians), and the system counted {stolen:.0f} ms "
                      "of CPU time stolen by the hypervisor in it: "
                      + ("the virtual CPUs were not taken away, they ran slower. " if stolen < 0.25 * extra else
