@@ -202,7 +202,9 @@ tl8 = measure.timeline({"fp32": fp, "ptq": ptq8, "qat": qat8}, seconds=5 if cfg.
 tl8s = measure.timeline_speedups(tl8, "fp32")
 sp8_tl = tl8s["models"]["qat"]
 tl8_text = (f"{sp8_tl['quiet']:.2f}x in the quiet half of a {tl8s['rounds']}-round timeline, "  # 2 decimals: read against 3.5x
-            + (f"{sp8_tl['loaded']:.2f}x in its {tl8s['loaded_rounds']} loaded round(s)" if tl8s["loaded_rounds"] else "which met no loaded round"))
+            + (f"{sp8_tl['loaded']:.2f}x in its {tl8s['loaded_rounds']} loaded round(s)" if tl8s["loaded_rounds"] else "which met no loaded round")
+            + (f", with {tl8s['round_ms']['stolen']['loaded']:.0f} ms of CPU time stolen by the hypervisor in a loaded round"
+               if tl8s["loaded_rounds"] and "stolen" in tl8s["round_ms"] else ""))
 r_ptq8 = {**ref.row(ptq8), "size_mb": measure.file_size_mb(ptq8_path), "seconds": ptq8_s}
 r_qat8 = {**ref.row(qat8), "size_mb": measure.file_size_mb(paths["qat_int8"]), "seconds": qat8_s}
 r_qat8_std = {**ref.row(qat8_std), "seconds": qat8_std_s}
