@@ -386,7 +386,10 @@ def timeline_speedups(tl: dict, ref: str, loaded: float = 1.2) -> dict:
     rounds, the quiet and the loaded ones (None without loaded rounds); ``"ms"``: every model's
     median ms per batch, and the probe's, in each set (how much each slows when the machine does);
     ``"round_ms"``: where the timeline has them, the median round's duration (``"duration"``) and the
-    CPU time stolen from it (``"stolen"``) in each set, ms."""
+    CPU time stolen from it (``"stolen"``) in each set, ms. The split assumes that at least half
+    of the run was quiet: ``"quiet_excess"`` is the quiet half's median probe over the run's
+    fastest probe (``"probe_fast_ms"``: load only ever slows it) — near 1 when it holds; well above
+    1 (say 1.1) the quiet half is itself slowed and no set shows the quiet machine."""
     if ref not in tl["ms"]:
         raise ValueError(f"ref={ref!r}: expected one of the timeline's models {sorted(tl['ms'])}")
     if not loaded > 1:
@@ -399,6 +402,8 @@ def timeline_speedups(tl: dict, ref: str, loaded: float = 1.2) -> dict:
     med = lambda v, idx: float(np.median(np.asarray(v, dtype=float)[idx])) if len(idx) else None
     out = {"rounds": len(probe), "loaded_rounds": len(busy), "loaded_factor": loaded,
            "probe_threshold_ms": float(loaded * np.median(probe[quiet])),
+           "probe_fast_ms": float(probe.min()),
+           "quiet_excess": float(np.median(probe[quiet]) / probe.min()),
            "ms": {name: {"quiet": med(v, quiet), "loaded": med(v, busy)} for name, v in [*tl["ms"].items(), ("probe", probe)]},
            "models": {}, "round_ms": {}}
     for key, name in (("round_ms", "duration"), ("steal_ms", "stolen")):  # absent from older timelines, steal None off Linux

@@ -332,6 +332,10 @@ def test_timeline_speedups_split_the_rounds_by_the_probe():
     assert s["models"]["q"] == {"all": 5.0, "quiet": 10.0, "loaded": 2.0}
     assert s["ms"]["q"] == {"quiet": 1.0, "loaded": 5.0} and s["ms"]["fp"] == {"quiet": 10.0, "loaded": 10.0}
     assert s["ms"]["probe"] == {"quiet": 1.0, "loaded": 3.0}
+    assert s["probe_fast_ms"] == pytest.approx(1.0) and s["quiet_excess"] == pytest.approx(1.0)  # half the run was quiet
+    # most of a run loaded: the quiet half (1, 1.5, 1.5, 1.5: median 1.5) is itself 50% slower than the fastest round
+    mostly = measure.timeline_speedups({**tl, "probe_ms": [1.0, 1.5, 1.5, 1.5, 2.0, 2.0, 2.0, 2.0]}, "fp")
+    assert mostly["probe_fast_ms"] == 1.0 and mostly["quiet_excess"] == pytest.approx(1.5)
     assert set(s["ms"]) == {"fp", "q", "probe"} and s["round_ms"] == {}  # a timeline without rounds' durations or steal
     timed = measure.timeline_speedups({**tl, "round_ms": [50, 30, 30, 60, 30, 31, 55, 31], "steal_ms": [0, 0, 0, 10, 0, 0, 0, 0]}, "fp")
     assert timed["round_ms"] == {"duration": {"quiet": 30.0, "loaded": 55.0}, "stolen": {"quiet": 0.0, "loaded": 0.0}}
