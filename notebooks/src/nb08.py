@@ -121,13 +121,14 @@ if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
     sp, ms_ = tls["models"], tls["ms"]
     text = (f"{tls['rounds']} rounds. In the quiet half of them (the probe's fastest, median {ms_['probe']['quiet']:.0f} ms) the "
             f"int8-engine variants ran **{span([v['quiet'] for v in sp.values()])}x** faster than FP32. ")
-    if tls["quiet_excess"] >= 1.1:  # the split assumes at least half of the run was quiet
+    quiet_ok = tls["quiet_excess"] < 1.1  # the split assumes at least half of the run was quiet
+    if not quiet_ok:
         text += (f"But most of this run was slowed: even the quiet half's probe ({ms_['probe']['quiet']:.0f} ms) took "
                  f"{tls['quiet_excess'] - 1:.0%} longer than in the run's fastest round ({tls['probe_fast_ms']:.0f} ms), so neither "
                  "set shows the quiet machine: they compare a loaded machine with a more loaded one. ")
     if not tls["loaded_rounds"]:
-        text += (f"No round took the probe {tls['loaded_factor'] - 1:.0%} longer than that: the machine held its speed through "
-                 "this run, and these are the quiet machine's speed-ups.")
+        text += (f"No round took the probe {tls['loaded_factor'] - 1:.0%} longer than that" +
+                 (": the machine held its speed through this run, and these are the quiet machine's speed-ups." if quiet_ok else "."))
     else:
         slow = {k: v["loaded"] / v["quiet"] for k, v in ms_.items()}  # how much longer each takes when the machine is loaded
         s8 = [slow[k] for k in sp]
@@ -142,13 +143,14 @@ if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
                      "of CPU time stolen by the hypervisor in it: "
                      + ("the virtual CPUs were not taken away, they ran slower. " if stolen < 0.25 * extra else
                         "the hypervisor ran something else on these CPUs for much of it. "))
-        if min(s8) - 1 > 2 * (slow["fp32"] - 1):
+        if min(s8) - 1 > max(0.1, 2 * (slow["fp32"] - 1)):  # int8 slowed by over 10% and over twice FP32's slowing
             text += ("The int8 engine's kernels lose far more than FP32's when the machine is loaded: a timing taken in a loaded "
                      "stretch gives a lower speed-up, one taken in a quiet stretch a higher, and the benchmark above reports "
                      "whichever mix of the two its rounds met. The slowing comes from outside the models (the probe, a plain "
-                     "matrix product, slows with them): the quiet figure is the engine's speed on an unloaded machine.")
+                     "matrix product, slows with them)" + (": the quiet figure is the engine's speed on an unloaded machine." if quiet_ok
+                                                             else "; in this run no figure shows the unloaded machine."))
         else:
-            text += "The int8 engine slowed about as much as FP32, so the speed-up held."
+            text += "The int8 engine slowed about as much as FP32 (or neither slowed much), so the speed-up held."
     display(Markdown(text))
 """),
 code("""
