@@ -378,7 +378,7 @@ def timeline(models: dict, seconds: float = 30.0, image_size: int = 64, batch_si
     return out
 
 
-def timeline_speedups(tl: dict, ref: str, loaded: float = 1.2) -> dict:
+def timeline_speedups(tl: dict, ref: str, loaded: float = 1.2, quiet_tol: float = 1.1) -> dict:
     """``timeline``'s rounds as speed-ups over the model ``ref``, each round's ratio measured in
     that round. The rounds are split by the probe: **quiet**, the half in which it ran fastest;
     **loaded**, those in which it took at least ``loaded`` times the quiet half's median (none,
@@ -388,12 +388,16 @@ def timeline_speedups(tl: dict, ref: str, loaded: float = 1.2) -> dict:
     ``"round_ms"``: where the timeline has them, the median round's duration (``"duration"``) and the
     CPU time stolen from it (``"stolen"``) in each set, ms. The split assumes that at least half
     of the run was quiet: ``"quiet_excess"`` is the quiet half's median probe over the run's
-    fastest probe (``"probe_fast_ms"``: load only ever slows it) — near 1 when it holds; well above
-    1 (say 1.1) the quiet half is itself slowed and no set shows the quiet machine."""
+    fastest probe (``"probe_fast_ms"``: load only ever slows it) — near 1 when it holds. ``"quiet_ok"``
+    is whether it stays below ``quiet_tol``: when it does not, the quiet half is itself slowed and no
+    set shows the quiet machine (they compare a loaded machine with a more loaded one)."""
     if ref not in tl["ms"]:
         raise ValueError(f"ref={ref!r}: expected one of the timeline's models {sorted(tl['ms'])}")
     if not loaded > 1:
         raise ValueError(f"loaded={loaded!r}: expected a factor > 1 (the probe's slowing that marks a loaded round)")
+    if not quiet_tol > 1:
+        raise ValueError(f"quiet_tol={quiet_tol!r}: expected a factor > 1 (how much slower than the fastest round the quiet "
+                         "half's median probe may run and still show the quiet machine)")
     probe = np.asarray(tl["probe_ms"], dtype=float)
     if len(probe) < 2:
         raise ValueError(f"the timeline has {len(probe)} round(s): expected at least 2 (give it more seconds)")
@@ -403,7 +407,8 @@ def timeline_speedups(tl: dict, ref: str, loaded: float = 1.2) -> dict:
     out = {"rounds": len(probe), "loaded_rounds": len(busy), "loaded_factor": loaded,
            "probe_threshold_ms": float(loaded * np.median(probe[quiet])),
            "probe_fast_ms": float(probe.min()),
-           "quiet_excess": float(np.median(probe[quiet]) / probe.min()),
+           "quiet_excess": float(np.median(probe[quiet]) / probe.min()), "quiet_tol": quiet_tol,
+           "quiet_ok": bool(np.median(probe[quiet]) / probe.min() < quiet_tol),
            "ms": {name: {"quiet": med(v, quiet), "loaded": med(v, busy)} for name, v in [*tl["ms"].items(), ("probe", probe)]},
            "models": {}, "round_ms": {}}
     for key, name in (("round_ms", "duration"), ("steal_ms", "stolen")):  # absent from older timelines, steal None off Linux

@@ -333,9 +333,12 @@ def test_timeline_speedups_split_the_rounds_by_the_probe():
     assert s["ms"]["q"] == {"quiet": 1.0, "loaded": 5.0} and s["ms"]["fp"] == {"quiet": 10.0, "loaded": 10.0}
     assert s["ms"]["probe"] == {"quiet": 1.0, "loaded": 3.0}
     assert s["probe_fast_ms"] == pytest.approx(1.0) and s["quiet_excess"] == pytest.approx(1.0)  # half the run was quiet
+    assert s["quiet_ok"] is True and s["quiet_tol"] == 1.1
     # most of a run loaded: the quiet half (1, 1.5, 1.5, 1.5: median 1.5) is itself 50% slower than the fastest round
     mostly = measure.timeline_speedups({**tl, "probe_ms": [1.0, 1.5, 1.5, 1.5, 2.0, 2.0, 2.0, 2.0]}, "fp")
-    assert mostly["probe_fast_ms"] == 1.0 and mostly["quiet_excess"] == pytest.approx(1.5)
+    assert mostly["probe_fast_ms"] == 1.0 and mostly["quiet_excess"] == pytest.approx(1.5) and mostly["quiet_ok"] is False
+    lenient = measure.timeline_speedups({**tl, "probe_ms": [1.0, 1.5, 1.5, 1.5, 2.0, 2.0, 2.0, 2.0]}, "fp", quiet_tol=1.6)
+    assert lenient["quiet_ok"] is True  # the judgement follows the tolerance given
     assert set(s["ms"]) == {"fp", "q", "probe"} and s["round_ms"] == {}  # a timeline without rounds' durations or steal
     timed = measure.timeline_speedups({**tl, "round_ms": [50, 30, 30, 60, 30, 31, 55, 31], "steal_ms": [0, 0, 0, 10, 0, 0, 0, 0]}, "fp")
     assert timed["round_ms"] == {"duration": {"quiet": 30.0, "loaded": 55.0}, "stolen": {"quiet": 0.0, "loaded": 0.0}}
@@ -348,5 +351,7 @@ def test_timeline_speedups_split_the_rounds_by_the_probe():
         measure.timeline_speedups(tl, "nope")
     with pytest.raises(ValueError, match="loaded=1"):
         measure.timeline_speedups(tl, "fp", loaded=1)
+    with pytest.raises(ValueError, match="quiet_tol=0.9"):
+        measure.timeline_speedups(tl, "fp", quiet_tol=0.9)
     with pytest.raises(ValueError, match="1 round"):
         measure.timeline_speedups({**tl, "probe_ms": [1], "ms": {"fp": [1], "q": [1]}}, "fp")

@@ -204,7 +204,10 @@ sp8_tl = tl8s["models"]["qat"]
 tl8_text = (f"{sp8_tl['quiet']:.2f}x in the quiet half of a {tl8s['rounds']}-round timeline, "  # 2 decimals: read against 3.5x
             + (f"{sp8_tl['loaded']:.2f}x in its {tl8s['loaded_rounds']} loaded round(s)" if tl8s["loaded_rounds"] else "which met no loaded round")
             + (f", with {tl8s['round_ms']['stolen']['loaded']:.0f} ms of CPU time stolen by the hypervisor in a loaded round"
-               if tl8s["loaded_rounds"] and "stolen" in tl8s["round_ms"] else ""))
+               if tl8s["loaded_rounds"] and "stolen" in tl8s["round_ms"] else "")
+            + ("" if tl8s["quiet_ok"] else  # the split assumes that at least half of the run was quiet
+               f"; but even its quiet half's probe ran {tl8s['quiet_excess'] - 1:.0%} slower than the fastest round, so no set of "
+               "this timeline shows the quiet machine"))
 r_ptq8 = {**ref.row(ptq8), "size_mb": measure.file_size_mb(ptq8_path), "seconds": ptq8_s}
 r_qat8 = {**ref.row(qat8), "size_mb": measure.file_size_mb(paths["qat_int8"]), "seconds": qat8_s}
 r_qat8_std = {**ref.row(qat8_std), "seconds": qat8_std_s}
@@ -1117,8 +1120,10 @@ d_lrs = own8["vs FP32 (points)"]
 msg = [f"int8 QAT (from PTQ): {d_fp:+.2f} points of test accuracy vs FP32 ({'meets' if d_fp >= -0.2 else 'misses'} the target of at most "
        f"0.2 below; {d_lrs.min():+.2f} to {d_lrs.max():+.2f} over the learning rates {', '.join(own8['lr'])}, "
        f"{(r_qat8_std['accuracy'] - ref.fp['accuracy']) * 100:+.2f} with the standard recipe), {r_qat8['size_mb']:.2f} MB ({'meets' if r_qat8['size_mb'] <= 11.5 else 'misses'} at most 11.5), "
-       f"{sp8:.1f}x FP32's throughput in this chapter's timing, {tl8_text} ({'meets' if sp8_tl['quiet'] >= 3.5 else 'misses'} at least "
-       "3.5x on the quiet machine" + ("" if sp8_tl["loaded"] is None or sp8_tl["loaded"] >= 3.5 else ", not in its loaded rounds")
+       f"{sp8:.1f}x FP32's throughput in this chapter's timing, {tl8_text} ("
+       + (f"{'meets' if sp8_tl['quiet'] >= 3.5 else 'misses'} at least 3.5x on the quiet machine" if tl8s["quiet_ok"] else
+          f"{'meets' if sp8_tl['quiet'] >= 3.5 else 'misses'} at least 3.5x on a machine loaded throughout this run; chapter 8's timeline may show the quiet one")
+       + ("" if sp8_tl["loaded"] is None or sp8_tl["loaded"] >= 3.5 else ", not in its loaded rounds")
        + "; chapter 8 times every variant again in one benchmark and shows the machine's loaded stretches)"]
 qat_minutes = ([t / 60 for t in [qat8_s, qat8_std_s, *lr_s.values(), held_s]] + w2a8_min
                + list(train_min.values()) + list(recon_min.values())

@@ -121,7 +121,7 @@ if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
     sp, ms_ = tls["models"], tls["ms"]
     text = (f"{tls['rounds']} rounds. In the quiet half of them (the probe's fastest, median {ms_['probe']['quiet']:.0f} ms) the "
             f"int8-engine variants ran **{span([v['quiet'] for v in sp.values()])}x** faster than FP32. ")
-    quiet_ok = tls["quiet_excess"] < 1.1  # the split assumes at least half of the run was quiet
+    quiet_ok = tls["quiet_ok"]  # the split assumes at least half of the run was quiet
     if not quiet_ok:
         text += (f"But most of this run was slowed: even the quiet half's probe ({ms_['probe']['quiet']:.0f} ms) took "
                  f"{tls['quiet_excess'] - 1:.0%} longer than in the run's fastest round ({tls['probe_fast_ms']:.0f} ms), so neither "
