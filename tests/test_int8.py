@@ -113,6 +113,16 @@ def test_load_rejects_other_files(tmp_path):
         int8.load(tmp_path / "missing.pt")
 
 
+def test_matrix_units_names_the_best_int8_instructions():
+    """AMX outranks AVX-512 VNNI (a Sapphire Rapids CPU has both), which outranks AVX-VNNI; a CPU
+    with only AVX-512 multiply-adds has none; this machine's answer is one of the names."""
+    assert int8.matrix_units(["avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8", "amx_bf16"]) == "AMX"
+    assert int8.matrix_units(["avx2", "avx512f", "avx512_vnni", "avx512_bf16"]) == "AVX-512 VNNI"  # AMD Zen 4
+    assert int8.matrix_units(["avx2", "avx_vnni"]) == "AVX-VNNI"
+    assert int8.matrix_units(["avx2", "avx512f", "avx512bw"]) == "no VNNI"
+    assert int8.matrix_units() in {"AMX", "AVX-512 VNNI", "AVX-VNNI", "no VNNI", "unknown"}
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
 def test_engine_weight_reproduces_codes(bits):
     g = torch.Generator().manual_seed(bits)

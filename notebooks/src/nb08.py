@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display, Markdown
-from qlib import Config, atomic, data as qdata, models, measure, results, plots, bench
+from qlib import Config, atomic, data as qdata, int8, models, measure, results, plots, bench
 
 plots.style()
 torch.set_num_threads(2)
@@ -96,10 +96,12 @@ if untimed:
 md("""
 ## Why the speed-up moves: a shared machine
 
-The int8 engine's speed-up over FP32 on this machine has not been one number: on one day
-(6 December 2026) it came out between 3.3x and 8.3x, with the same files and the same code. To
-see why, the next cell runs FP32 and the int8-engine variants for a fixed time in short rounds
-(each model three batches back to back, as a model serving alone), and after each round a
+The int8 engine's speed-up over FP32 has not been one number in this study. It depends on the
+CPU's int8 instructions: an Intel CPU with AMX tile units built earlier versions of this book,
+and the next cell names those of the machine that built this one. On one machine and one day it
+moved too: on 6 December 2026 the AMX machine gave between 3.3x and 8.3x, with the same files
+and the same code. To see why, the next cell runs FP32 and the int8-engine variants for a fixed
+time in short rounds (each model three batches back to back, as a model serving alone), and after each round a
 **probe** that has nothing to do with quantization: five products of one fixed FP32 matrix.
 If the probe slows in some rounds, the machine itself slowed; the models' times in the same
 rounds show how much each one feels it, and each round's speed-up is measured inside that round.
@@ -119,7 +121,8 @@ if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
         lo, hi = f.format(min(v)), f.format(max(v))
         return lo if lo == hi else lo + sep + hi
     sp, ms_ = tls["models"], tls["ms"]
-    text = (f"{tls['rounds']} rounds. In the quiet half of them (the probe's fastest, median {ms_['probe']['quiet']:.0f} ms) the "
+    text = (f"This CPU's int8 instructions: **{int8.matrix_units()}**. "
+            f"{tls['rounds']} rounds. In the quiet half of them (the probe's fastest, median {ms_['probe']['quiet']:.0f} ms) the "
             f"int8-engine variants ran **{span([v['quiet'] for v in sp.values()])}x** faster than FP32. ")
     quiet_ok = tls["quiet_ok"]  # the split assumes at least half of the run was quiet
     if not quiet_ok:
@@ -259,7 +262,7 @@ fig = plots.tradeoff(d, "size_mb", "agreement", "file size (MB, log scale)", tit
 """),
 code("""
 # only the benchmark's timings (one run, every variant interleaved): a chapter's own timing was taken at another
-# time, and this machine's speed moves (the int8 engine's by 2-3x, the timeline above), so it would place a variant by the clock, not the model
+# time, and this machine's speed moves (the int8 engine's most, the timeline above), so it would place a variant by the clock, not the model
 bench_ips = df["images_per_s_bench"] if "images_per_s_bench" in df else pd.Series(np.nan, index=df.index)
 t = df[bench_ips.notna()].copy()
 own_only = df[bench_ips.isna() & df.get("images_per_s", pd.Series(np.nan, index=df.index)).notna()]
