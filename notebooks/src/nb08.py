@@ -63,6 +63,9 @@ code("""
 from qlib import export
 export.save(fp, results.variant_path(cfg, "fp32"))  # the reference every speed-up is measured against, in the same run
 vdir = results.variant_path(cfg, "fp32").parent
+def span(v, f="{:.1f}", sep="-"):  # a range as the text shows it: one value where both ends print alike
+    lo, hi = f.format(min(v)), f.format(max(v))
+    return lo if lo == hi else lo + sep + hi
 if bench.discover(vdir):
     bres = bench.run(vdir, batch_size=64, threads=2, image_size=cfg.image_size, rounds=3 if cfg.smoke else bench_rounds)
     results.write_json(bres, results.results_dir(cfg) / "bench.json")
@@ -78,12 +81,12 @@ if bench.discover(vdir):
         cold_extra = bdf["ms_cold"] / bdf["ms_per_batch"] - 1   # how much longer a cold batch takes than a warm one
         display(Markdown(f"The variants hold {bdf['memory_mb'].sum():.0f} MB of weights in memory"
                          + (f", the CPU's L3 cache is {l3:.0f} MB" if l3 else "") + f". Warm, the int8-engine variants run "
-                         f"**{e8['speedup_vs_fp32'].min():.1f}-{e8['speedup_vs_fp32'].max():.1f}x** faster than FP32; cold, "
-                         f"**{e8['speedup_cold'].min():.1f}-{e8['speedup_cold'].max():.1f}x** (FP32 {fp_b['ms_per_batch']:.0f} ms "
+                         f"**{span(e8['speedup_vs_fp32'])}x** faster than FP32; cold, "
+                         f"**{span(e8['speedup_cold'])}x** (FP32 {fp_b['ms_per_batch']:.0f} ms "
                          f"warm, {fp_b['ms_cold']:.0f} ms cold). A cold batch takes "
-                         f"{cold_extra.min():+.0%} to {cold_extra.max():+.0%} "
+                         f"{span(cold_extra, '{:+.0%}', ' to ')} "
                          "longer than a warm one of the same variant, against a spread of "
-                         f"{bdf['spread'].min():.1f}-{bdf['spread'].max():.1f} (slowest over fastest warm batch) within each."))
+                         f"{span(bdf['spread'])} (slowest over fastest warm batch) within each."))
 else:
     bres, bdf = None, pd.DataFrame(columns=["variant", "ms_per_batch", "images_per_s", "speedup_vs_fp32"])
     display(Markdown("No saved variant found: run the method chapters first."))
@@ -117,9 +120,6 @@ if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
     tls = measure.timeline_speedups(tl, "fp32")  # quiet half and loaded rounds (the probe 20% slower) of the rounds
     fig = plots.timeline(tl, title=f"FP32 and the int8 engine over {timeline_seconds if not cfg.smoke else 5} s of this machine",
                          loaded_ms=tls["probe_threshold_ms"])
-    def span(v, f="{:.1f}", sep="-"):
-        lo, hi = f.format(min(v)), f.format(max(v))
-        return lo if lo == hi else lo + sep + hi
     sp, ms_ = tls["models"], tls["ms"]
     text = (f"This CPU's int8 instructions: **{int8.matrix_units()}**. "
             f"{tls['rounds']} rounds. In the quiet half of them (the probe's fastest, median {ms_['probe']['quiet']:.0f} ms) the "
