@@ -402,13 +402,13 @@ def timeline_speedups(tl: dict, ref: str, loaded: float = 1.2, quiet_tol: float 
     if len(probe) < 2:
         raise ValueError(f"the timeline has {len(probe)} round(s): expected at least 2 (give it more seconds)")
     quiet = np.argsort(probe, kind="stable")[: len(probe) // 2]
-    busy = np.flatnonzero(probe >= loaded * np.median(probe[quiet]))
+    quiet_ms = float(np.median(probe[quiet]))  # the quiet half's median probe: what "loaded" and "quiet_excess" are relative to
+    excess = quiet_ms / float(probe.min())
+    busy = np.flatnonzero(probe >= loaded * quiet_ms)
     med = lambda v, idx: float(np.median(np.asarray(v, dtype=float)[idx])) if len(idx) else None
     out = {"rounds": len(probe), "loaded_rounds": len(busy), "loaded_factor": loaded,
-           "probe_threshold_ms": float(loaded * np.median(probe[quiet])),
-           "probe_fast_ms": float(probe.min()),
-           "quiet_excess": float(np.median(probe[quiet]) / probe.min()), "quiet_tol": quiet_tol,
-           "quiet_ok": bool(np.median(probe[quiet]) / probe.min() < quiet_tol),
+           "probe_threshold_ms": loaded * quiet_ms, "probe_fast_ms": float(probe.min()),
+           "quiet_excess": excess, "quiet_tol": quiet_tol, "quiet_ok": bool(excess < quiet_tol),
            "ms": {name: {"quiet": med(v, quiet), "loaded": med(v, busy)} for name, v in [*tl["ms"].items(), ("probe", probe)]},
            "models": {}, "round_ms": {}}
     for key, name in (("round_ms", "duration"), ("steal_ms", "stolen")):  # absent from older timelines, steal None off Linux
