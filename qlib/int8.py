@@ -83,13 +83,12 @@ def matrix_units(flags: Optional[Iterable[str]] = None) -> str:
     ``/proc/cpuinfo``'s flags unless ``flags`` are given, ``"unknown"`` where they cannot be read.
     The int8 engine's speed-up over FP32 depends on it far more than FP32's own speed does."""
     if flags is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
-        except OSError:
-            flags = None
-        if flags is None:
+        from .models import cpuinfo
+
+        line = cpuinfo("flags")
+        if line is None:
             return "unknown"
+        flags = line.split()
     flags = set(flags)
     for flag, name in (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI")):
         if flag in flags:

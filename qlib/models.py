@@ -96,19 +96,23 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (x - mean) * c + mean + b
 
 
+def cpuinfo(key: str) -> str | None:
+    """The value of the first ``key : value`` line of Linux's ``/proc/cpuinfo`` (``"model name"``,
+    ``"flags"``, ...); None where the file or the key is missing."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == key), None)
+    except OSError:
+        return None
+
+
 def machine() -> dict:
     """What a CPU training's rounding depends on: the CPU, the kernels PyTorch dispatches to on it
     (``torch.backends.cpu.get_cpu_capability``: AVX2, AVX512, ...), the thread count and the
     PyTorch version. Training is bit-reproducible only where all of them match: one epoch of
     the baseline from the same seed ended at training loss 3.04 (AVX512 kernels, 2 threads),
     3.32 (AVX2 kernels forced) and 2.83 (one thread) on one machine."""
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "kernels": torch.backends.cpu.get_cpu_capability(),
+    return {"cpu": cpuinfo("model name") or "unknown", "kernels": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 

@@ -102,3 +102,15 @@ def test_evaluate_confusion_sums(tmp_path):
     assert r["confusion"].sum().item() == len(s.test)
     assert r["logits"].shape == (len(s.test), 29)
     assert abs(r["accuracy"] - r["confusion"].diag().sum().item() / len(s.test)) < 1e-9
+
+
+def test_cpuinfo_reads_one_key_and_misses_cleanly():
+    """The shared /proc/cpuinfo reader (models.machine's CPU, int8.matrix_units' flags): a missing
+    key is None, and machine() names the CPU it returns."""
+    assert models.cpuinfo("no such key in cpuinfo") is None
+    name = models.cpuinfo("model name")
+    assert models.machine()["cpu"] == (name or "unknown")
+    flags = models.cpuinfo("flags")
+    if flags is not None:  # Linux on x86: int8.matrix_units reads these same flags when given none
+        from qlib import int8
+        assert int8.matrix_units() == int8.matrix_units(flags.split())
