@@ -154,7 +154,7 @@ def spread_labels(ax, texts, x, y, expand, markers=()) -> None:
         for line in lines:  # the second pass draws its own lines, from where the labels end to the points
             line.remove()
         _, lines = adjust_text(texts, x=x, y=y, target_x=start[:, 0], target_y=start[:, 1], objects=boxes or None, ax=ax, expand=expand,
-                               arrowprops=dict(arrowstyle="-", color="gray", lw=0.5), **kw)
+                               arrowprops=dict(arrowstyle="-", color="gray", lw=0.5), iter_lim=1000, **kw)
         if not any(t.get_window_extent(renderer).overlaps(b) for t in texts for b in shown):
             break
 
