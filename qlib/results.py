@@ -114,3 +114,14 @@ SEED_TABLE1 = [
     {"model": "AWQ", "accuracy": 75.5, "size_mb": 11.4, "cpu_time_s": 1.964},
     {"model": "SmoothQuant", "accuracy": 99.87, "size_mb": 42.67, "cpu_time_s": 0.512},
 ]
+
+
+def span(values, fmt: str = "{:.1f}", sep: str = "-") -> str:
+    """A range of numbers as the book's prose shows it: ``fmt`` of the smallest and the largest
+    value joined by ``sep`` ("4.1-4.3", "-0.33 to -0.13"), or one value where both ends print
+    alike ("4.7", not "4.7-4.7")."""
+    values = [v for v in values]
+    if not values:
+        raise ValueError("span: got no values; expected at least one number")
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else lo + sep + hi

@@ -242,8 +242,8 @@ display(Markdown(
     f"FP32 (PTQ: {r_ptq8['agreement']:.2%}), in a {r_qat8['size_mb']:.2f} MB file running "
     f"{tab8.loc['int8 QAT', 'speedup']:.1f}x faster than FP32 in the table's timing ({tl8_text}). It cost {qat8_s / 60:.1f} min of training against "
     f"{ptq8_s:.1f} s of calibration. PTQ disagrees with FP32 on {ptq_dis} of {n_fid8:,} held-out images; started from it, "
-    f"the fine-tune ends at {own_dis.min()}–{own_dis.max()} over the {len(own_dis)} learning rates "
-    f"({own8['vs FP32 (points)'].min():+.2f} to {own8['vs FP32 (points)'].max():+.2f} points of "
+    f"the fine-tune ends at {results.span(own_dis, '{}', '–')} over the {len(own_dis)} learning rates "
+    f"({results.span(own8['vs FP32 (points)'], '{:+.2f}', ' to ')} points of "
     f"test accuracy vs FP32). The standard recipe — moving-average ranges, BN statistics re-estimated from a few dozen "
     f"augmented batches, labels instead of FP32's outputs — ends at **{std_dis}**" +
     (f", further from FP32 than the PTQ model it could have started from" if std_dis > ptq_dis else "") +
@@ -338,7 +338,7 @@ for c in lsq_configs:
 n_tracks = len(set(ref.fid_groups))
 def ci_text(c):
     _, lo, hi = rec_ci[c]
-    return "no interval: PTQ lost nothing" if math.isnan(lo) else f"95% interval over tracks {lo:+.0%} to {hi:+.0%}"
+    return "no interval: PTQ lost nothing" if math.isnan(lo) else f"95% interval over tracks {results.span([lo, hi], '{:+.0%}', ' to ')}"
 lines, gain, dkl = [], {}, {}
 for c in lsq_configs:
     p, q, r = recovery(c)
@@ -398,8 +398,8 @@ helps, hurts = sm_only[sm_only.lo > 0], sm_only[sm_only.hi < 0]
 best_sm = sm_only.loc[sm_only.groupby("config").agreement.idxmax()].set_index("config")
 vs_best = {c: measure.recovery(best_sm.agreement[c], recovery(c)[1]) for c in a4}
 display(Markdown(
-    f"Smoothing moves PTQ's agreement by {int(sm_only.images.min()):+d} to {int(sm_only.images.max()):+d} held-out images "
-    f"({sm_only.won.min():+.0%} to {sm_only.won.max():+.0%} of the unsmoothed PTQ's loss). " +
+    f"Smoothing moves PTQ's agreement by {results.span(sm_only.images.astype(int), '{:+d}', ' to ')} held-out images "
+    f"({results.span(sm_only.won, '{:+.0%}', ' to ')} of the unsmoothed PTQ's loss). " +
     ("No interval lies above zero: at 4-bit per-tensor activations, smoothing does not help beyond what the choice of "
      "tracks decides" + ("" if hurts.empty else
                         f", and it makes agreement worse in {', '.join(hurts.config + ' (' + hurts.smoothing + ')')}: "
@@ -462,8 +462,8 @@ if budget_curves:
     lines = []
     for c in a4:
         r = spread[spread.config == c]["recovered"]
-        lines.append(f"* **{c}**: over {len(r)} seeds the {lsq_steps}-step fine-tune wins back **{r.min():+.0%} to "
-                     f"{r.max():+.0%}** of PTQ's loss (mean {r.mean():+.0%}). Time-boxed, it took {budget_n[c]} steps "
+        lines.append(f"* **{c}**: over {len(r)} seeds the {lsq_steps}-step fine-tune wins back **{results.span(r, '{:+.0%}', ' to ')}"
+                     f"** of PTQ's loss (mean {r.mean():+.0%}). Time-boxed, it took {budget_n[c]} steps "
                      f"in {budget_min[c]:.1f} min of training and ends at **{budget_rec[c][-1]:+.0%}**; its best measurement "
                      f"along the way is {max(budget_rec[c][1:]):+.0%}, and its KL to FP32 goes from "
                      f"{budget_curves[c][0]['kl']:.4f} to {budget_curves[c][-1]['kl']:.4f}.")
@@ -583,7 +583,7 @@ if len(w2a8_draws):
     display(w2a8_draws.style.hide(axis="index").format({"GPTQ": "{:.2%}", "LSQ": "{:.2%}"}).set_caption(
         f"W2A8 on the int8 engine: agreement with FP32 on {n_fid_all:,} held-out images, per calibration sample"))
     w2a8_diff = w2a8_draws["LSQ − GPTQ (images)"]
-    w2a8_mean, w2a8_range = w2a8_diff.mean(), f"{w2a8_diff.min():+d} to {w2a8_diff.max():+d}"   # the target line reads them too
+    w2a8_mean, w2a8_range = w2a8_diff.mean(), results.span(w2a8_diff, '{:+d}', ' to ')   # the target line reads them too
     g_moves = round((w2a8_draws["GPTQ"].max() - w2a8_draws["GPTQ"].min()) * n_fid_all)
     display(Markdown(
         f"Over {len(w2a8_diff)} calibration samples LSQ − GPTQ is **{w2a8_mean:+.1f} images** on average ({w2a8_range}); "
@@ -731,10 +731,10 @@ if learn_runs:
                 "they lose held-out agreement either way, so the blends and the augmentation are not what makes them lose it. "
                 if (p_end < 0) == (p_mix < 0) else "the two differ in sign, so the blends or the augmentation matter. ")
             + f"The two differ by {gap:.0%} of PTQ's loss ({n_images(gap * loss4)}), "
-            + (f"no more than one recipe's recovery moves between seeds ({seeds4.min():+.0%} to {seeds4.max():+.0%} for "
+            + (f"no more than one recipe's recovery moves between seeds ({results.span(seeds4, '{:+.0%}', ' to ')} for "
                f"W4A4's {lsq_steps}-step runs): not a difference this test can tell from the draw."
                if round(gap * loss4) <= round((seeds4.max() - seeds4.min()) * loss4) else  # compared in whole images
-               f"more than one recipe's recovery moves between seeds ({seeds4.min():+.0%} to {seeds4.max():+.0%} for "
+               f"more than one recipe's recovery moves between seeds ({results.span(seeds4, '{:+.0%}', ' to ')} for "
                f"W4A4's {lsq_steps}-step runs): the {'blends make' if p_mix < p_end else 'plain images make'} the steps "
                "lose more."))
     if null_rec:
@@ -742,7 +742,7 @@ if learn_runs:
         below = int((nr <= fine).sum())
         lines.append(
             f"\\nMoved at random by as much ({len(nr)} draws), the same 21 steps give a recovery of {nr.mean():+.0%} on average "
-            f"(standard deviation {nr.std(ddof=1):.0%}, from {nr.min():+.0%} to {nr.max():+.0%}); the fine-tune's {fine:+.0%} is "
+            f"(standard deviation {nr.std(ddof=1):.0%}, {results.span(nr, '{:+.0%}', ' to ')}); the fine-tune's {fine:+.0%} is "
             + (f"below all of them (were it one more random draw, a chance of 1 in {len(nr) + 1}): learning found no better "
                "direction for them than chance, if anything a worse one. "
                if below == 0 else f"at or above {len(nr) - below} of the {len(nr)} draws: within what a random move of that size does. ")
@@ -786,8 +786,8 @@ if recon_hist:
                                          f"{recon_iters} updates per unit)")
     allr = np.concatenate(list(removed.values()))
     display(Markdown(
-        f"On its own images the reconstruction changes a unit's output error by {-allr.max():+.1%} to {-allr.min():+.1%} "
-        f"(median {-np.median(allr):+.1%}), in {min(recon_min.values()):.1f}–{max(recon_min.values()):.1f} min per configuration. On the "
+        f"On its own images the reconstruction changes a unit's output error by {results.span(-allr, '{:+.1%}', ' to ')} "
+        f"(median {-np.median(allr):+.1%}), in {results.span(recon_min.values(), '{:.1f}', '–')} min per configuration. On the "
         "held-out images it wins back " + ", ".join(f"**{recon_rec[c]:+.0%}** of {c}'s loss ({won_images[c]:+d} images)" for c in recon_hist) +
         " — against " + ", ".join(f"{recovery(c)[2]:+.0%}" for c in recon_hist) + f" for the {lsq_steps}-step fine-tune. " + (
             "No configuration comes near half. " if max(recon_rec.values()) < 0.25 else
@@ -831,8 +831,8 @@ elif masks:
     fig = plots_qat.disagreement_confidence(fp_p, masks)
     display(Markdown(
         f"FP32's median top-1 probability is **{np.median(fp_p):.2f}** on all {len(fp_p):,} held-out images (label smoothing "
-        f"caps it near 0.9) and **{min(med.values()):.2f}–{max(med.values()):.2f}** on the images where an A4 model disagrees "
-        f"with it; {min(below.values()):.0%}–{max(below.values()):.0%} of those disagreements are on images FP32 itself gives "
+        f"caps it near 0.9) and **{results.span(med.values(), '{:.2f}', '–')}** on the images where an A4 model disagrees "
+        f"with it; {results.span(below.values(), '{:.0%}', '–')} of those disagreements are on images FP32 itself gives "
         f"less than 0.5, against {(fp_p < 0.5).mean():.0%} of all held-out images. The fine-tune's loss (KL) is summed over "
         "every image, and most of it comes from images where the quantized model's probabilities are off without its answer "
         "changing: that is the part the fine-tune lowers. Agreement is decided on the few images at FP32's own decision "
@@ -865,13 +865,13 @@ display(seen.set_index(["config", "kind"]).style.format("{:.2%}").set_caption("a
 d = seen.set_index(["config", "kind"])
 ptq, q = d.xs("PTQ", level="kind"), d.xs("QAT", level="kind")
 display(Markdown(
-    f"On the images it trains on, the PTQ model already agrees **{ptq['train images (fitted)'].min():.2%}–{ptq['train images (fitted)'].max():.2%}** "
-    f"with FP32, on blends of them {ptq['mixup blends of them'].min():.2%}–{ptq['mixup blends of them'].max():.2%}, held out "
-    f"{ptq['val + test (held out)'].min():.2%}–{ptq['val + test (held out)'].max():.2%}: the baseline has fitted its training set, so "
+    f"On the images it trains on, the PTQ model already agrees **{results.span(ptq['train images (fitted)'], '{:.2%}', '–')}** "
+    f"with FP32, on blends of them {results.span(ptq['mixup blends of them'], '{:.2%}', '–')}, held out "
+    f"{results.span(ptq['val + test (held out)'], '{:.2%}', '–')}: the baseline has fitted its training set, so "
     "the training images carry little signal about where the quantized network goes wrong; blends carry more. "
-    f"The fine-tune moves agreement on the blends it trains on by {(q['mixup blends of them'] - ptq['mixup blends of them']).min() * 100:+.2f} to "
-    f"{(q['mixup blends of them'] - ptq['mixup blends of them']).max() * 100:+.2f} points, held out by "
-    f"{(q['val + test (held out)'] - ptq['val + test (held out)']).min() * 100:+.2f} to {(q['val + test (held out)'] - ptq['val + test (held out)']).max() * 100:+.2f}."))
+    f"The fine-tune moves agreement on the blends it trains on by {results.span((q['mixup blends of them'] - ptq['mixup blends of them']) * 100, '{:+.2f}', ' to ')} "
+    f"points, held out by "
+    f"{results.span((q['val + test (held out)'] - ptq['val + test (held out)']) * 100, '{:+.2f}', ' to ')}."))
 """),
 md("""
 ### What the lower KL is made of
@@ -927,9 +927,9 @@ if scale_only and has_unsure and ch.noise.min() > -0.1:
     display(Markdown(
         f"What the fine-tune does to the KL is what a temperature does too: once each model is divided by its best τ, PTQ and "
         f"QAT are within {scale_gap:.0%} of each other in every configuration (one number per model removes "
-        f"{-ch.temperature.max():.0%}–{-ch.temperature.min():.0%} of PTQ's KL, the fine-tune changes it by {ch.fine_tune.min():+.0%} "
-        f"to {ch.fine_tune.max():+.0%}). The spread of the margin error on the images FP32 is unsure of — which is what turns "
-        f"answers — {'stays as it was' if steady else 'does not narrow'}: it changes by {ch.noise.min():+.0%} to {ch.noise.max():+.0%}. "
+        f"{results.span(-ch.temperature, '{:.0%}', '–')} of PTQ's KL, the fine-tune changes it by "
+        f"{results.span(ch.fine_tune, '{:+.0%}', ' to ')}). The spread of the margin error on the images FP32 is unsure of — which is what turns "
+        f"answers — {'stays as it was' if steady else 'does not narrow'}: it changes by {results.span(ch.noise, '{:+.0%}', ' to ')}. "
         "The right panel shows where answers turn: the margin error reaches the margin (the dotted line) only on the images FP32 "
         "separates least" + (", and there the fine-tune's curves lie on PTQ's" if steady else "") + ". For a fine-tune on this "
         "data the KL is the wrong gauge of fidelity: it can fall while the errors that decide answers "
@@ -937,9 +937,9 @@ if scale_only and has_unsure and ch.noise.min() > -0.1:
 else:
     display(Markdown(
         f"The fine-tune changes more than the logits' scale: at their best temperatures QAT's KL differs from PTQ's by "
-        f"{ch.beyond.min():+.0%} to {ch.beyond.max():+.0%}" + (
-            f", and the spread of the margin error on the images FP32 is unsure of by {ch.noise.min():+.0%} to "
-            f"{ch.noise.max():+.0%}." if has_unsure else ".")))
+        f"{results.span(ch.beyond, '{:+.0%}', ' to ')}" + (
+            f", and the spread of the margin error on the images FP32 is unsure of by "
+            f"{results.span(ch.noise, '{:+.0%}', ' to ')}." if has_unsure else ".")))
 """),
 md("""
 ### How many answers a given spread turns
@@ -1118,7 +1118,7 @@ w2a8 = [c for c in lsq_configs if c == "W2A8"]
 d_fp, sp8 = (r_qat8["accuracy"] - ref.fp["accuracy"]) * 100, tab8.loc["int8 QAT", "speedup"]
 d_lrs = own8["vs FP32 (points)"]
 msg = [f"int8 QAT (from PTQ): {d_fp:+.2f} points of test accuracy vs FP32 ({'meets' if d_fp >= -0.2 else 'misses'} the target of at most "
-       f"0.2 below; {d_lrs.min():+.2f} to {d_lrs.max():+.2f} over the learning rates {', '.join(own8['lr'])}, "
+       f"0.2 below; {results.span(d_lrs, '{:+.2f}', ' to ')} over the learning rates {', '.join(own8['lr'])}, "
        f"{(r_qat8_std['accuracy'] - ref.fp['accuracy']) * 100:+.2f} with the standard recipe), {r_qat8['size_mb']:.2f} MB ({'meets' if r_qat8['size_mb'] <= 11.5 else 'misses'} at most 11.5), "
        f"{sp8:.1f}x FP32's throughput in this chapter's timing, {tl8_text} ("
        + (f"{'meets' if sp8_tl['quiet'] >= 3.5 else 'misses'} at least 3.5x on the quiet machine" if tl8s["quiet_ok"] else
@@ -1162,10 +1162,10 @@ if w2a8:
 msg.append(f"{held_config} distilled on half of the validation tracks (a test, not a result): {r_t:.0%} of the loss recovered on the test split")
 display(Markdown("**Targets (measured):** " + "; ".join(msg) + f". Chapter time: {(time.time() - t_chapter) / 60:.1f} min."))
 answer = (f"**When is QAT worth it here?** At 8 bits it buys nothing: PTQ is within noise of FP32. With low-bit weights or "
-          f"4-bit activations, a minute of LSQ moves held-out agreement by {min(gain.values()):+.2f} to {max(gain.values()):+.2f} points "
-          f"and the KL to FP32 by {min(dkl.values()):+.0%} to {max(dkl.values()):+.0%}" +
+          f"4-bit activations, a minute of LSQ moves held-out agreement by {results.span(gain.values(), '{:+.2f}', ' to ')} points "
+          f"and the KL to FP32 by {results.span(dkl.values(), '{:+.0%}', ' to ')}" +
           (f" — at their best temperatures PTQ and QAT are within {scale_gap:.0%}: a change of the logits' scale" if scale_only else "") +
-          (f"; the spread of the margin error that decides answers changes by {ch.noise.min():+.0%} to {ch.noise.max():+.0%}"
+          (f"; the spread of the margin error that decides answers changes by {results.span(ch.noise, '{:+.0%}', ' to ')}"
            if has_unsure else "") + "; ")
 if cuts:
     answer += ("the number of answers a model turns follows the spread of that error, and half of the loss would take "
@@ -1176,8 +1176,7 @@ if "W4A4" in lsq_configs:
 if budget_rec:
     width = spread.groupby("config")["recovered"].agg(lambda r: r.max() - r.min()).max()
     ends = ", ".join(f"{budget_rec[c][-1]:+.0%} ({c})" for c in budget_rec)
-    n_lo, n_hi = min(budget_n.values()), max(budget_n.values())
-    answer += (f"Time-boxed to {budget_minutes:g} minutes ({n_lo if n_lo == n_hi else f'{n_lo}-{n_hi}'} steps, at most "
+    answer += (f"Time-boxed to {budget_minutes:g} minutes ({results.span(budget_n.values(), '{}')} steps, at most "
                f"{max(budget_min.values()):.1f} min of training), the same fine-tune ends at {ends} "
                "of the loss recovered" + (", still short of half" if max(r[-1] for r in budget_rec.values()) < 0.5 else "") +
                f"; the {lsq_steps}-step run's recovery moves by up to {width:.0%} of the loss between seeds. ")

@@ -63,9 +63,6 @@ code("""
 from qlib import export
 export.save(fp, results.variant_path(cfg, "fp32"))  # the reference every speed-up is measured against, in the same run
 vdir = results.variant_path(cfg, "fp32").parent
-def span(v, f="{:.1f}", sep="-"):  # a range as the text shows it: one value where both ends print alike
-    lo, hi = f.format(min(v)), f.format(max(v))
-    return lo if lo == hi else lo + sep + hi
 if bench.discover(vdir):
     bres = bench.run(vdir, batch_size=64, threads=2, image_size=cfg.image_size, rounds=3 if cfg.smoke else bench_rounds)
     results.write_json(bres, results.results_dir(cfg) / "bench.json")
@@ -81,12 +78,12 @@ if bench.discover(vdir):
         cold_extra = bdf["ms_cold"] / bdf["ms_per_batch"] - 1   # how much longer a cold batch takes than a warm one
         display(Markdown(f"The variants hold {bdf['memory_mb'].sum():.0f} MB of weights in memory"
                          + (f", the CPU's L3 cache is {l3:.0f} MB" if l3 else "") + f". Warm, the int8-engine variants run "
-                         f"**{span(e8['speedup_vs_fp32'])}x** faster than FP32; cold, "
-                         f"**{span(e8['speedup_cold'])}x** (FP32 {fp_b['ms_per_batch']:.0f} ms "
+                         f"**{results.span(e8['speedup_vs_fp32'])}x** faster than FP32; cold, "
+                         f"**{results.span(e8['speedup_cold'])}x** (FP32 {fp_b['ms_per_batch']:.0f} ms "
                          f"warm, {fp_b['ms_cold']:.0f} ms cold). A cold batch takes "
-                         f"{span(cold_extra, '{:+.0%}', ' to ')} "
+                         f"{results.span(cold_extra, '{:+.0%}', ' to ')} "
                          "longer than a warm one of the same variant, against a spread of "
-                         f"{span(bdf['spread'])} (slowest over fastest warm batch) within each."))
+                         f"{results.span(bdf['spread'])} (slowest over fastest warm batch) within each."))
 else:
     bres, bdf = None, pd.DataFrame(columns=["variant", "ms_per_batch", "images_per_s", "speedup_vs_fp32"])
     display(Markdown("No saved variant found: run the method chapters first."))
@@ -123,7 +120,7 @@ if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
     sp, ms_ = tls["models"], tls["ms"]
     text = (f"This CPU's int8 instructions: **{int8.matrix_units()}**. "
             f"{tls['rounds']} rounds. In the quiet half of them (the probe's fastest, median {ms_['probe']['quiet']:.0f} ms) the "
-            f"int8-engine variants ran **{span([v['quiet'] for v in sp.values()])}x** faster than FP32. ")
+            f"int8-engine variants ran **{results.span([v['quiet'] for v in sp.values()])}x** faster than FP32. ")
     quiet_ok = tls["quiet_ok"]  # the split assumes at least half of the run was quiet
     if not quiet_ok:
         text += (f"But most of this run was slowed: even the quiet half's probe ({ms_['probe']['quiet']:.0f} ms) took "
@@ -137,8 +134,8 @@ if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
         s8 = [slow[k] for k in sp]
         text += (f"In {tls['loaded_rounds']} round(s) the probe took at least {tls['loaded_factor'] - 1:.0%} longer (right of the "
                  f"dashed line; median {ms_['probe']['loaded']:.0f} ms): the machine itself was slower. In those rounds FP32 took "
-                 f"{slow['fp32'] - 1:+.0%} longer, the int8 variants {span([v - 1 for v in s8], '{:+.0%}', ' to ')}, and the speed-up "
-                 f"was **{span([v['loaded'] for v in sp.values()])}x**. ")
+                 f"{slow['fp32'] - 1:+.0%} longer, the int8 variants {results.span([v - 1 for v in s8], '{:+.0%}', ' to ')}, and the speed-up "
+                 f"was **{results.span([v['loaded'] for v in sp.values()])}x**. ")
         rms = tls["round_ms"]
         if "stolen" in rms and "duration" in rms:  # Linux counts the CPU time the hypervisor gives to others ("steal")
             extra, stolen = rms["duration"]["loaded"] - rms["duration"]["quiet"], rms["stolen"]["loaded"]

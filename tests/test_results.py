@@ -1,0 +1,21 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from qlib import results
+
+
+def test_span_prints_both_ends_in_order():
+    assert results.span([4.31, 4.12, 4.25]) == "4.1-4.3"
+    assert results.span(np.array([-0.13, -0.33]), "{:+.2f}", " to ") == "-0.33 to -0.13"
+    assert results.span(pd.Series([0.07, -0.26]), "{:+.0%}", " to ") == "-26% to +7%"
+
+
+def test_span_prints_one_value_where_both_ends_print_alike():
+    assert results.span([4.71, 4.69]) == "4.7"
+    assert results.span([3], "{:+d}", " to ") == "+3"
+
+
+def test_span_of_nothing_is_a_clear_error():
+    with pytest.raises(ValueError, match="no values"):
+        results.span([])
