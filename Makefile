@@ -5,6 +5,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+# CHAPTERS="07 08" runs only those chapters (by number), e.g. to resume after a failure;
+# empty (the default) runs them all.
+CHAPTERS ?=
+ifneq ($(strip $(CHAPTERS)),)
+RUN_NOTEBOOKS := $(foreach c,$(CHAPTERS),$(or $(wildcard notebooks/$(c)_*.ipynb),$(error CHAPTERS: no notebook for chapter "$(c)" (expected two-digit chapter numbers such as 01 or 07, found: $(foreach nb,$(NOTEBOOKS),$(firstword $(subst _, ,$(notdir $(nb)))))))))
+else
+RUN_NOTEBOOKS := $(NOTEBOOKS)
+endif
 # The scripts the book's pages load, served from the book itself (see `web` below).
 WEB := _build/web
 WEB_STAMP := $(WEB)/.installed
@@ -35,19 +43,21 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (qlib)" >/dev/null
 	@touch $(STAMP)
 
-# Execute every chapter with papermill into book/ (stops at the first failure and names it),
+# Execute every chapter (or those CHAPTERS names) with papermill into book/ (stops at the first
+# failure, names it and how to resume),
 # then build the HTML. Point it at the real data with QLIB_DATA=<folder of the YOLO export>.
 book: notebooks html
 
 notebooks: $(STAMP)
 	@mkdir -p book/results
-	@total=$$(date +%s); \
-	for nb in $(NOTEBOOKS); do \
+	@total=$$(date +%s); left="$(foreach nb,$(RUN_NOTEBOOKS),$(firstword $(subst _, ,$(notdir $(nb)))))"; \
+	for nb in $(RUN_NOTEBOOKS); do \
 	  out=book/$$(basename $$nb); start=$$(date +%s); \
 	  echo "== running $$nb -> $$out"; \
 	  if ! $(BIN)/papermill --progress-bar --cwd notebooks -k python3 $$nb $$out; then \
-	    echo "!! make book stopped: $$nb failed (the failing cell is marked in $$out)"; exit 1; fi; \
-	  echo "== $$nb took $$(( $$(date +%s) - start )) s"; \
+	    echo "!! make book stopped: $$nb failed (the failing cell is marked in $$out);" \
+	         "once it is fixed, resume with: make book CHAPTERS=\"$$left\""; exit 1; fi; \
+	  echo "== $$nb took $$(( $$(date +%s) - start )) s"; set -- $$left; shift; left="$$*"; \
 	done; \
 	echo "== all chapters took $$(( $$(date +%s) - total )) s"
 
