@@ -164,15 +164,16 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
     """Every variant a point (colour: method), with the Pareto front drawn through the best;
     the front's points are numbered at the point and named in a key beside the axes (names at
     the points would collide where the front is dense). ``fp_y`` (accuracy, or 1.0 for
-    agreement) zooms on the variants within 12 points of FP32; a front point below that range
-    is named in the key only."""
+    agreement) zooms on the variants within 12 points of FP32 (down to the lowest of them, less a
+    point); a front point below that range is named in the key only."""
     d = df.dropna(subset=[x, y]).reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(11, 5.2))
     hidden, floor = 0, -np.inf
     if fp_y is not None and y in ("accuracy", "agreement"):  # zoom on the variants that work
         floor = (fp_y if y == "accuracy" else 1.0) - 0.12
         hidden = int((d[y] < floor).sum())
-        ax.set_ylim(floor * 100, max(d[y].max(), fp_y if y == "accuracy" else 1.0) * 100 + 1.0)
+        bottom = max(floor, d[y].min() - 0.01)  # no emptier than the range needs
+        ax.set_ylim(bottom * 100, max(d[y].max(), fp_y if y == "accuracy" else 1.0) * 100 + 1.0)
     groups = sorted(d.groupby("method"), key=lambda mg: -len(mg[1]))  # small groups drawn on top
     for z, (method, g) in enumerate(groups):
         ax.scatter(g[x], g[y] * 100, color=_method_color(method), label=method, s=28, alpha=0.85,
@@ -186,7 +187,7 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
         below = r[y] < floor  # a number drawn outside the axes would stretch the figure's layout
         if not below:
             numbers.append(ax.text(r[x], r[y] * 100, str(i), fontsize=7, fontweight="bold", zorder=20))
-        value = f"{r[x]:.2f} MB" if "mb" in x else f"{r[x]:.3g}"
+        value = (f"{r[x]:.2f} MB" if "mb" in x else f"{r[x]:,.0f} images/s" if "per_s" in x else f"{r[x]:.3g}")
         key.append(f"{i}  {r.get('label', r['method'])}  ({value}, {r[y]:.1%})" + ("  below the range" if below else ""))
     ax.text(1.02, 1.0, "Pareto front\n" + "\n".join(key), transform=ax.transAxes, fontsize=7,
             va="top", ha="left", family="monospace")

@@ -141,6 +141,23 @@ def test_tradeoff_front_point_below_the_zoom_is_named_in_the_key_only(recwarn):
     matplotlib.pyplot.close(fig)
 
 
+def test_tradeoff_zoom_ends_a_point_below_the_lowest_variant_and_names_throughput():
+    # chapter 08's accuracy vs throughput: every variant within 2.5 points of FP32, so a range
+    # reaching 12 points below FP32 left most of the axes empty
+    df = pd.DataFrame({"images_per_s": [572.0, 560.0, 2341.0, 2379.0], "accuracy": [.937, .917, .936, .936],
+                       "method": ["fp32", "awq", "int8-ptq", "qat-int8"]})
+    fig = plots.tradeoff(df, "images_per_s", "accuracy", logx=False, fp_y=0.936, front="max")
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] == pytest.approx(90.7)  # the lowest variant (91.7%) less one point
+    key = next(t.get_text() for t in ax.texts if t.get_text().startswith("Pareto front"))
+    assert "(2,379 images/s, 93.6%)" in key and "e+03" not in key
+    df.loc[1, "accuracy"] = 0.5  # far below: the zoom stops 12 points under FP32
+    fig2 = plots.tradeoff(df, "images_per_s", "accuracy", logx=False, fp_y=0.936, front="max")
+    assert fig2.axes[0].get_ylim()[0] == pytest.approx(81.6)
+    matplotlib.pyplot.close(fig)
+    matplotlib.pyplot.close(fig2)
+
+
 def test_header_names_the_commit_and_the_machine(tmp_path):
     from types import SimpleNamespace
 
