@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -119,9 +120,14 @@ SEED_TABLE1 = [
 def span(values, fmt: str = "{:.1f}", sep: str = "-") -> str:
     """A range of numbers as the book's prose shows it: ``fmt`` of the smallest and the largest
     value joined by ``sep`` ("4.1-4.3", "-0.33 to -0.13"), or one value where both ends print
-    alike ("4.7", not "4.7-4.7")."""
+    alike ("4.7", not "4.7-4.7"). A value that rounds to zero prints without a minus sign."""
     values = [v for v in values]
     if not values:
         raise ValueError("span: got no values; expected at least one number")
-    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+
+    def show(v):  # a value that rounds to zero prints as zero, not "-0%"
+        text = fmt.format(v)
+        return fmt.format(0 * abs(v)) if re.fullmatch(r"-0[.0]*%?", text) else text
+
+    lo, hi = show(min(values)), show(max(values))
     return lo if lo == hi else lo + sep + hi

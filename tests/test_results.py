@@ -16,6 +16,13 @@ def test_span_prints_one_value_where_both_ends_print_alike():
     assert results.span([3], "{:+d}", " to ") == "+3"
 
 
+def test_span_prints_a_negative_value_that_rounds_to_zero_as_zero():
+    # chapter 08 printed "a cold batch takes -0% to +7% longer"
+    assert results.span([-0.004, 0.07], "{:+.0%}", " to ") == "+0% to +7%"
+    assert results.span([-0.004, 0.004], "{:.1f}") == "0.0"
+    assert results.span([-0.006, 0.07], "{:+.1%}", " to ") == "-0.6% to +7.0%"
+
+
 def test_span_of_nothing_is_a_clear_error():
     with pytest.raises(ValueError, match="no values"):
         results.span([])
