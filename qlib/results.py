@@ -121,7 +121,7 @@ def span(values, fmt: str = "{:.1f}", sep: str = "-") -> str:
     """A range of numbers as the book's prose shows it: ``fmt`` of the smallest and the largest
     value joined by ``sep`` ("4.1-4.3", "-0.33 to -0.13"), or one value where both ends print
     alike ("4.7", not "4.7-4.7"). A value that rounds to zero prints without a minus sign."""
-    values = [v for v in values]
+    values = list(values)
     if not values:
         raise ValueError("span: got no values; expected at least one number")
 
