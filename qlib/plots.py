@@ -170,10 +170,11 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
     fig, ax = plt.subplots(figsize=(11, 5.2))
     hidden, floor = 0, -np.inf
     if fp_y is not None and y in ("accuracy", "agreement"):  # zoom on the variants that work
-        floor = (fp_y if y == "accuracy" else 1.0) - 0.12
+        top = fp_y if y == "accuracy" else 1.0  # FP32's accuracy, or full agreement
+        floor = top - 0.12
         hidden = int((d[y] < floor).sum())
         bottom = max(floor, d[y].min() - 0.01)  # no emptier than the range needs
-        ax.set_ylim(bottom * 100, max(d[y].max(), fp_y if y == "accuracy" else 1.0) * 100 + 1.0)
+        ax.set_ylim(bottom * 100, max(d[y].max(), top) * 100 + 1.0)
     groups = sorted(d.groupby("method"), key=lambda mg: -len(mg[1]))  # small groups drawn on top
     for z, (method, g) in enumerate(groups):
         ax.scatter(g[x], g[y] * 100, color=_method_color(method), label=method, s=28, alpha=0.85,
