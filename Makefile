@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 # CHAPTERS="07 08" runs only those chapters (by number), e.g. to resume after a failure;
-# empty (the default) runs them all.
+# empty (the default) runs them all. chapter_numbers: "01 02 ..." of a list of notebooks.
 CHAPTERS ?=
+chapter_numbers = $(foreach nb,$(1),$(firstword $(subst _, ,$(notdir $(nb)))))
 ifneq ($(strip $(CHAPTERS)),)
-RUN_NOTEBOOKS := $(foreach c,$(CHAPTERS),$(or $(wildcard notebooks/$(c)_*.ipynb),$(error CHAPTERS: no notebook for chapter "$(c)" (expected two-digit chapter numbers such as 01 or 07, found: $(foreach nb,$(NOTEBOOKS),$(firstword $(subst _, ,$(notdir $(nb)))))))))
+RUN_NOTEBOOKS := $(foreach c,$(CHAPTERS),$(or $(wildcard notebooks/$(c)_*.ipynb),$(error CHAPTERS: no notebook for chapter "$(c)" (expected two-digit chapter numbers such as 01 or 07, found: $(call chapter_numbers,$(NOTEBOOKS))))))
 else
 RUN_NOTEBOOKS := $(NOTEBOOKS)
 endif
@@ -50,7 +51,7 @@ book: notebooks html
 
 notebooks: $(STAMP)
 	@mkdir -p book/results
-	@total=$$(date +%s); left="$(foreach nb,$(RUN_NOTEBOOKS),$(firstword $(subst _, ,$(notdir $(nb)))))"; \
+	@total=$$(date +%s); left="$(call chapter_numbers,$(RUN_NOTEBOOKS))"; \
 	for nb in $(RUN_NOTEBOOKS); do \
 	  out=book/$$(basename $$nb); start=$$(date +%s); \
 	  echo "== running $$nb -> $$out"; \
