@@ -422,8 +422,13 @@ training hold (`budget_minutes`) on the machine that builds the book. Its cosine
 the minutes instead of a step count: each step's learning rate follows the share of the budget
 already spent (or of the step cap, `budget_steps`, if that is further), and the run ends when the
 time is spent (`QATSettings.minutes`). A fixed number of steps could not promise five minutes: this
-machine's pace moves by half from one day to another.
-It is measured against FP32 along the way with `lsq_curve.run`. The
+machine's pace moves by half from one day to another. The price is that a boxed run is a draw of the
+day's pace as well as of the seed: the schedule follows the clock, so every step's learning rate moves
+with the pace, not only the step where the run stops. Two builds of this chapter on one machine, whose
+fixed-step runs came out bit for bit the same, ended W4A4's box at 250 and 259 steps and ten points apart
+in the share of PTQ's loss won back, −11% and −21% (README, "Longer QAT runs"). Read a boxed result beside the seeds' spread,
+not as an estimate of its own.
+Each boxed run is measured against FP32 along the way with `lsq_curve.run`. The
 measurements change nothing in the training, and their time is not counted. Runs longer than the
 budget are one command, `python -m qlib.lsq_curve` (README, "Longer QAT runs").
 """),
@@ -913,11 +918,12 @@ ch = pd.DataFrame({"fine_tune": qat_k.kl / ptq_k.kl - 1,              # relative
                    "beyond": qat_k.kl_at_tau / ptq_k.kl_at_tau - 1,
                    "noise": qat_k[sd_u] / ptq_k[sd_u] - 1})          # NaN without two FP32-unsure images
 has_unsure = unsure.sum() > 1
+pct = lambda v: results.span([v], "{:+.0%}")  # one signed share; "+0%" where it rounds to zero, not "-0%"
 display(Markdown("\\n\\n".join(
-    f"- **{c}**: the fine-tune takes the KL from {ptq_k.kl[c]:.4f} to {qat_k.kl[c]:.4f} ({r.fine_tune:+.0%}); one temperature alone "
-    f"(τ = {ptq_k.tau[c]:.2f}) takes PTQ's to {ptq_k.kl_at_tau[c]:.4f} ({r.temperature:+.0%}), and at their best temperatures "
-    f"QAT is at {qat_k.kl_at_tau[c]:.4f} against PTQ's {ptq_k.kl_at_tau[c]:.4f} ({r.beyond:+.0%}). " +
-    (f"The spread of the margin error on the images FP32 is unsure of goes from {ptq_k[sd_u][c]:.3f} to {qat_k[sd_u][c]:.3f} ({r.noise:+.0%})."
+    f"- **{c}**: the fine-tune takes the KL from {ptq_k.kl[c]:.4f} to {qat_k.kl[c]:.4f} ({pct(r.fine_tune)}); one temperature alone "
+    f"(τ = {ptq_k.tau[c]:.2f}) takes PTQ's to {ptq_k.kl_at_tau[c]:.4f} ({pct(r.temperature)}), and at their best temperatures "
+    f"QAT is at {qat_k.kl_at_tau[c]:.4f} against PTQ's {ptq_k.kl_at_tau[c]:.4f} ({pct(r.beyond)}). " +
+    (f"The spread of the margin error on the images FP32 is unsure of goes from {ptq_k[sd_u][c]:.3f} to {qat_k[sd_u][c]:.3f} ({pct(r.noise)})."
      if has_unsure else "Too few images here that FP32 is unsure of to measure its margins' error there.")
     for c, r in ch.loc[lsq_configs].iterrows())))
 scale_gap = ch.beyond.abs().max()     # how far apart PTQ and QAT are once each is at its best temperature
