@@ -424,8 +424,8 @@ already spent (or of the step cap, `budget_steps`, if that is further), and the 
 time is spent (`QATSettings.minutes`). A fixed number of steps could not promise five minutes: this
 machine's pace moves by half from one day to another. The price is that a boxed run is a draw of the
 day's pace as well as of the seed: the schedule follows the clock, so every step's learning rate moves
-with the pace, not only the step where the run stops. Two builds of this chapter on one machine, whose
-fixed-step runs came out bit for bit the same, ended W4A4's box at 250 and 259 steps and ten points apart
+with the pace, not only the step where the run stops. Two builds of this chapter on machines of one kind,
+whose fixed-step runs came out bit for bit the same, ended W4A4's box at 250 and 259 steps and ten points apart
 in the share of PTQ's loss won back, −11% and −21% (README, "Longer QAT runs"). Read a boxed result beside the seeds' spread,
 not as an estimate of its own.
 Each boxed run is measured against FP32 along the way with `lsq_curve.run`. The
