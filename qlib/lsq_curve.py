@@ -115,7 +115,7 @@ def main(argv=None) -> int:
 
     def show(r):
         print(f"step {r['step']:>5}  train {r['train_seconds'] / 60:5.1f} min  agreement {r['agreement']:.2%}  "
-              f"recovered {r['recovered']:+.0%} of PTQ's loss  KL {r['kl']:.4f}  test accuracy {r['accuracy']:.2%}",
+              f"recovered {r['recovered']:+z.0%} of PTQ's loss  KL {r['kl']:.4f}  test accuracy {r['accuracy']:.2%}",
               flush=True)
 
     _, rows = run(fp, splits, s, ref, every, init_model=init, calib_x=calib_x, progress=False, on_row=show)

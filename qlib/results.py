@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import numbers
 import os
-import re
 import subprocess
 from pathlib import Path
 
@@ -120,14 +120,17 @@ SEED_TABLE1 = [
 def span(values, fmt: str = "{:.1f}", sep: str = "-") -> str:
     """A range of numbers as the book's prose shows it: ``fmt`` of the smallest and the largest
     value joined by ``sep`` ("4.1-4.3", "-0.33 to -0.13"), or one value where both ends print
-    alike ("4.7", not "4.7-4.7"). A value that rounds to zero prints without a minus sign."""
+    alike ("4.7", not "4.7-4.7"). A value that rounds to zero prints without a minus sign
+    ("+0%", "0 images"), as Python's "z" format option does for one number ("{:+z.0%}")."""
     values = list(values)
     if not values:
         raise ValueError("span: got no values; expected at least one number")
 
-    def show(v):  # a value that rounds to zero prints as zero, not "-0%"
+    def show(v):  # whatever fmt prints around the number: it prints -0.0 just as it printed v
         text = fmt.format(v)
-        return fmt.format(0 * abs(v)) if re.fullmatch(r"-0[.0]*%?", text) else text
+        if isinstance(v, numbers.Integral):  # an integer has no negative zero
+            return text
+        return fmt.format(0.0) if text == fmt.format(-0.0) else text
 
     lo, hi = show(min(values)), show(max(values))
     return lo if lo == hi else lo + sep + hi

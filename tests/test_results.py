@@ -23,6 +23,15 @@ def test_span_prints_a_negative_value_that_rounds_to_zero_as_zero():
     assert results.span([-0.006, 0.07], "{:+.1%}", " to ") == "-0.6% to +7.0%"
 
 
+def test_span_drops_the_minus_of_zero_whatever_the_format_prints_around_it():
+    assert results.span([-0.3], "{:+.0f} images") == "+0 images"
+    assert results.span([np.float32(-0.001), 0.2], "Δ {:.1f}", " to ") == "Δ 0.0 to Δ 0.2"
+    assert results.span([-0.3, 1.2], "{:+.0f} images", " to ") == "+0 images to +1 images"
+    # the same rule as Python's own "z" option (PEP 682), which the chapters use for one number
+    assert results.span([-0.004], "{:+.0%}") == f"{-0.004:+z.0%}"
+    assert results.span([-0, 2], "{:+d}", " to ") == "+0 to +2"
+
+
 def test_span_of_nothing_is_a_clear_error():
     with pytest.raises(ValueError, match="no values"):
         results.span([])

@@ -304,14 +304,15 @@ display(Markdown("| bits | RTN | RTN+clip (mse) | AWQ scales only | AWQ | GPTQ |
                  "errors of successive layers compound") + "." for b, gr in settings if gr)))
 """),
 code("""
+# Signed figures print with Python's "z" option ("{:+z.2f}", PEP 682): one that rounds to zero reads +0.00, not -0.00.
 sc_gain = gain["scale_gain"].median(); cl_gain = gain["clip_gain"].median()
 so_vs_rtn = np.mean([g("AWQ scales only", b).agreement - g("RTN", b).agreement for b, gr in settings if gr == 0])
 mse_vs_rtn = np.mean([g("RTN+clip (mse)", b).agreement - g("RTN", b).agreement for b, gr in settings if gr == 0])
 display(Markdown(
     f"**Does AWQ beat RTN with clipping here?** With *weight-error* clipping (`range=\\"mse\\"`), RTN gets worse, not better "
-    f"({mse_vs_rtn * 100:+.2f} points of agreement on average over the per-channel bit widths), so AWQ beats it easily; but look "
+    f"({mse_vs_rtn * 100:+z.2f} points of agreement on average over the per-channel bit widths), so AWQ beats it easily; but look "
     f"where AWQ's own gain comes from. The scale search alone lowers the median layer's "
-    f"output error by a factor {sc_gain:.2f} and moves agreement by {so_vs_rtn:+.2%} on average — the largest mean|X| channel is "
+    f"output error by a factor {sc_gain:.2f} and moves agreement by {so_vs_rtn:+z.2%} on average — the largest mean|X| channel is "
     f"only {np.median(ratios):.1f}x the median one, so there are no salient channels to protect. The output-error clipping search "
     f"then lowers the error by a factor {cl_gain:.2f}: on this CNN, AWQ is essentially **clipping, chosen on the layer's output "
     f"rather than on its weights** — as published CNN results suggest when there are no salient outlier channels."))
@@ -336,7 +337,7 @@ print(f"ok ({time.time() - t_start:.0f} s for the chapter so far)")
 code("""
 n_fid, n_test = ref.fp["n_fidelity"], len(splits.test)
 aw4, fp_acc = g("AWQ", 4), ref.fp["accuracy"]
-msg = [f"AWQ W4 accuracy {aw4.accuracy:.2%} vs FP32 {fp_acc:.2%} ({(aw4.accuracy - fp_acc) * 100:+.2f} points, "
+msg = [f"AWQ W4 accuracy {aw4.accuracy:.2%} vs FP32 {fp_acc:.2%} ({(aw4.accuracy - fp_acc) * 100:+z.2f} points, "
        f"{round((aw4.accuracy - fp_acc) * n_test):+d} of {n_test:,} test images): "
        f"{'meets' if aw4.accuracy >= fp_acc - 0.005 else 'misses'} the target of at most 0.5 point below"]
 for b in [b for b, gr in settings if gr == 0]:  # the per-channel settings this run measured

@@ -176,16 +176,17 @@ a8 = best[(best.act_bits == 8) & (best["mode"] == mode)].iloc[0]
 alpha = float(a8["alpha"])
 """),
 code("""
+# Signed figures print with Python's "z" option ("{:+z.2f}", PEP 682): one that rounds to zero reads +0.00, not -0.00.
 lines = []
 for b in sorted(act_bits_list, reverse=True):
     d = {m: cmp.loc[b, ("agreement", m)] - cmp.loc[b, ("agreement", "no smoothing")] for m in fold.MODES}
-    lines.append(f"W8A{b}: best smoothing changes agreement by {d['bn']*100:+.2f} points (\\"bn\\") and "
-                 f"{d['shared']*100:+.2f} points (\\"shared\\") over plain per-tensor PTQ")
+    lines.append(f"W8A{b}: best smoothing changes agreement by {d['bn']*100:+z.2f} points (\\"bn\\") and "
+                 f"{d['shared']*100:+z.2f} points (\\"shared\\") over plain per-tensor PTQ")
 helps = [b for b in act_bits_list if max(cmp.loc[b, ("agreement", m)] for m in fold.MODES) - cmp.loc[b, ("agreement", "no smoothing")] > 0.005]
 display(Markdown("; ".join(lines) + ". " + (
     f"Smoothing clearly beats plain per-tensor PTQ (by more than half a point of agreement) at **A{max(helps)}** and below."
     if helps else "Smoothing does **not** beat plain per-tensor PTQ by more than half a point of agreement at any of these bit widths on this network.")
-    + f" Mode chosen: **\\"{mode}\\"** (mean agreement gain {gain[mode]*100:+.2f} points vs {gain[min(gain, key=gain.get)]*100:+.2f}); "
+    + f" Mode chosen: **\\"{mode}\\"** (mean agreement gain {gain[mode]*100:+z.2f} points vs {gain[min(gain, key=gain.get)]*100:+z.2f}); "
     f"α for the int8 rows: **{alpha:g}**, the best W8A8 agreement of that mode on the sweep."))
 """),
 md("""
@@ -259,10 +260,10 @@ display(Markdown(
     f"**Size or speed, not both?** W4A8 stores the model in **{w4['size_mb']:.2f} MB** "
     f"({f['size_mb'] / w4['size_mb']:.1f}x smaller than FP32's {f['size_mb']:.1f} MB) and runs at "
     f"**{w4['images_per_s']:.0f} images/s**, {w4['speedup']:.1f}x FP32's {f['images_per_s']:.0f}, at "
-    f"{(w4['accuracy'] - f['accuracy']) * 100:+.2f} points of accuracy and {w4['agreement']:.2%} agreement. "
-    f"W2A8: {w2['size_mb']:.2f} MB, {w2['speedup']:.1f}x, {(w2['accuracy'] - f['accuracy']) * 100:+.2f} points. "
-    f"SmoothQuant W8A8: {s8['size_mb']:.2f} MB, {s8['speedup']:.1f}x, {(s8['accuracy'] - f['accuracy']) * 100:+.2f} points, "
-    f"{s8['agreement']:.2%} agreement (torch's default PTQ: {(p8['accuracy'] - f['accuracy']) * 100:+.2f} points, {p8['agreement']:.2%}). "
+    f"{(w4['accuracy'] - f['accuracy']) * 100:+z.2f} points of accuracy and {w4['agreement']:.2%} agreement. "
+    f"W2A8: {w2['size_mb']:.2f} MB, {w2['speedup']:.1f}x, {(w2['accuracy'] - f['accuracy']) * 100:+z.2f} points. "
+    f"SmoothQuant W8A8: {s8['size_mb']:.2f} MB, {s8['speedup']:.1f}x, {(s8['accuracy'] - f['accuracy']) * 100:+z.2f} points, "
+    f"{s8['agreement']:.2%} agreement (torch's default PTQ: {(p8['accuracy'] - f['accuracy']) * 100:+z.2f} points, {p8['agreement']:.2%}). "
     + ("So the seed's conclusion does not hold here: once the activations are integers too, the same model is both "
        "smaller and faster — the size comes from the low-bit weight codes on disk, the speed from the int8 engine." if both else
        "On these measurements the seed's conclusion stands: the variant that is much smaller is not also much faster.")))

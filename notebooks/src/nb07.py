@@ -234,16 +234,17 @@ lab_std, lab_own = "standard recipe (loss: cross-entropy)", "from PTQ (loss: KL 
 fig = plots_qat.qat_curves({lab_std: hist8_std, lab_own: hist8}, starts={lab_own: models.evaluate(ptq8, splits.val)["accuracy"]},
                            title="int8 QAT: the standard recipe (ranges and BN statistics frozen for the last epoch) and from PTQ (fixed from the start)",
                            relative_loss=True)  # two different losses: their changes compare, their levels do not
+# Signed figures print with Python's "z" option ("{:+z.2f}", PEP 682): one that rounds to zero reads +0.00, not -0.00.
 d_acc = (r_qat8["accuracy"] - r_ptq8["accuracy"]) * 100
 ptq_dis, std_dis, own_dis = recipes8["disagreements"].iloc[0], recipes8["disagreements"].iloc[1], own8["disagreements"]
 display(Markdown(
     f"int8 QAT from PTQ reaches **{r_qat8['accuracy']:.2%}** test accuracy (PTQ: {r_ptq8['accuracy']:.2%}, FP32: "
-    f"{ref.fp['accuracy']:.2%}; {d_acc:+.2f} points vs PTQ) and **{r_qat8['agreement']:.2%}** agreement with "
+    f"{ref.fp['accuracy']:.2%}; {d_acc:+z.2f} points vs PTQ) and **{r_qat8['agreement']:.2%}** agreement with "
     f"FP32 (PTQ: {r_ptq8['agreement']:.2%}), in a {r_qat8['size_mb']:.2f} MB file running "
     f"{tab8.loc['int8 QAT', 'speedup']:.1f}x faster than FP32 in the table's timing ({tl8_text}). It cost {qat8_s / 60:.1f} min of training against "
     f"{ptq8_s:.1f} s of calibration. PTQ disagrees with FP32 on {ptq_dis} of {n_fid8:,} held-out images; started from it, "
     f"the fine-tune ends at {results.span(own_dis, '{}', '–')} over the {len(own_dis)} learning rates "
-    f"({results.span(own8['vs FP32 (points)'], '{:+.2f}', ' to ')} points of "
+    f"({results.span(own8['vs FP32 (points)'], '{:+z.2f}', ' to ')} points of "
     f"test accuracy vs FP32). The standard recipe — moving-average ranges, BN statistics re-estimated from a few dozen "
     f"augmented batches, labels instead of FP32's outputs — ends at **{std_dis}**" +
     (f", further from FP32 than the PTQ model it could have started from" if std_dis > ptq_dis else "") +
@@ -338,7 +339,7 @@ for c in lsq_configs:
 n_tracks = len(set(ref.fid_groups))
 def ci_text(c):
     _, lo, hi = rec_ci[c]
-    return "no interval: PTQ lost nothing" if math.isnan(lo) else f"95% interval over tracks {results.span([lo, hi], '{:+.0%}', ' to ')}"
+    return "no interval: PTQ lost nothing" if math.isnan(lo) else f"95% interval over tracks {results.span([lo, hi], '{:+z.0%}', ' to ')}"
 lines, gain, dkl = [], {}, {}
 for c in lsq_configs:
     p, q, r = recovery(c)
@@ -348,7 +349,7 @@ for c in lsq_configs:
     dkl[c] = kl["QAT"] / kl["PTQ"] - 1
     lines.append(f"* **{c}**: PTQ agreement {p:.2%} (loses {1 - p:.2%}: {round((1 - p) * len(fp_top))} images on "
                  f"{lost_tracks[c]} of the {n_tracks} held-out tracks), LSQ {q:.2%}: QAT wins back "
-                 f"**{r:.0%}** of the loss ({ci_text(c)}); KL to FP32 {kl['PTQ']:.4f} → {kl['QAT']:.4f} ({dkl[c]:+.0%}); "
+                 f"**{r:.0%}** of the loss ({ci_text(c)}); KL to FP32 {kl['PTQ']:.4f} → {kl['QAT']:.4f} ({dkl[c]:+z.0%}); "
                  f"{cost / 60:.1f} min of training vs {gptq_s[lsq.parse_config(c)[0]]:.0f} s of GPTQ.")
 display(Markdown("\\n".join(lines)))
 fig = plots_qat.qat_vs_ptq(lowdf[lowdf.engine == "float (fake-quant)"])
@@ -389,8 +390,8 @@ smooth = pd.DataFrame(smooth_rows)
 """),
 code("""
 display(smooth.set_index(["config", "smoothing"])[["alpha", "agreement", "kl", "accuracy", "images", "won", "lo", "hi", "seconds"]].style.format(
-    {"alpha": "{:.2f}", "agreement": "{:.2%}", "kl": "{:.4f}", "accuracy": "{:.2%}", "images": "{:+.0f}", "won": "{:+.0%}", "lo": "{:+.0%}",
-     "hi": "{:+.0%}", "seconds": "{:.0f}"}, na_rep="").set_caption(
+    {"alpha": "{:.2f}", "agreement": "{:.2%}", "kl": "{:.4f}", "accuracy": "{:.2%}", "images": "{:+z.0f}", "won": "{:+z.0%}", "lo": "{:+z.0%}",
+     "hi": "{:+z.0%}", "seconds": "{:.0f}"}, na_rep="").set_caption(
     "PTQ with and without smoothing (alpha: median over layers; images: held-out images it agrees with FP32 on, minus the "
     "unsmoothed PTQ's; won: share of the unsmoothed PTQ's loss, with its 95% interval over tracks)"))
 sm_only = smooth[smooth.smoothing != "none (the table's PTQ)"]
@@ -399,7 +400,7 @@ best_sm = sm_only.loc[sm_only.groupby("config").agreement.idxmax()].set_index("c
 vs_best = {c: measure.recovery(best_sm.agreement[c], recovery(c)[1]) for c in a4}
 display(Markdown(
     f"Smoothing moves PTQ's agreement by {results.span(sm_only.images.astype(int), '{:+d}', ' to ')} held-out images "
-    f"({results.span(sm_only.won, '{:+.0%}', ' to ')} of the unsmoothed PTQ's loss). " +
+    f"({results.span(sm_only.won, '{:+z.0%}', ' to ')} of the unsmoothed PTQ's loss). " +
     ("No interval lies above zero: at 4-bit per-tensor activations, smoothing does not help beyond what the choice of "
      "tracks decides" + ("" if hurts.empty else
                         f", and it makes agreement worse in {', '.join(hurts.config + ' (' + hurts.smoothing + ')')}: "
@@ -408,7 +409,7 @@ display(Markdown(
      f"It helps beyond the track noise in {', '.join(helps.config + ' (' + helps.smoothing + ')')}; the LSQ runs still start from "
      "the unsmoothed PTQ, and the targets below also name the recovery against the best smoothed PTQ. ") +
     "Measured against the better of the two smoothed PTQ models instead, the fine-tunes above win back " +
-    ", ".join(f"{vs_best[c]:+.0%} ({c})" for c in a4) + " of its loss."))
+    ", ".join(f"{vs_best[c]:+z.0%} ({c})" for c in a4) + " of its loss."))
 """),
 md("""
 ### One run is one draw, and five minutes of training
@@ -455,7 +456,7 @@ for c in a4:
     budget_models[c], budget_curves[c] = lsq_curve.run(fp, splits, boxed(s_c), ref, budget_every, init_model=gq[w], calib_x=calib_x,
                                                        progress=False)
 spread = pd.DataFrame(spread_rows)
-display(spread.pivot(index="seed", columns="config", values="recovered").style.format("{:+.0%}").set_caption(
+display(spread.pivot(index="seed", columns="config", values="recovered").style.format("{:+z.0%}").set_caption(
     f"Share of PTQ's agreement loss won back by the chapter's {lsq_steps}-step fine-tune, per seed"))
 budget_min = {c: rows[-1]["train_seconds"] / 60 for c, rows in budget_curves.items()}
 budget_rec = {c: [r["recovered"] for r in rows] for c, rows in budget_curves.items()}
@@ -467,10 +468,10 @@ if budget_curves:
     lines = []
     for c in a4:
         r = spread[spread.config == c]["recovered"]
-        lines.append(f"* **{c}**: over {len(r)} seeds the {lsq_steps}-step fine-tune wins back **{results.span(r, '{:+.0%}', ' to ')}"
-                     f"** of PTQ's loss (mean {r.mean():+.0%}). Time-boxed, it took {budget_n[c]} steps "
-                     f"in {budget_min[c]:.1f} min of training and ends at **{budget_rec[c][-1]:+.0%}**; its best measurement "
-                     f"along the way is {max(budget_rec[c][1:]):+.0%}, and its KL to FP32 goes from "
+        lines.append(f"* **{c}**: over {len(r)} seeds the {lsq_steps}-step fine-tune wins back **{results.span(r, '{:+z.0%}', ' to ')}"
+                     f"** of PTQ's loss (mean {r.mean():+z.0%}). Time-boxed, it took {budget_n[c]} steps "
+                     f"in {budget_min[c]:.1f} min of training and ends at **{budget_rec[c][-1]:+z.0%}**; its best measurement "
+                     f"along the way is {max(budget_rec[c][1:]):+z.0%}, and its KL to FP32 goes from "
                      f"{budget_curves[c][0]['kl']:.4f} to {budget_curves[c][-1]['kl']:.4f}.")
     reached = [c for c in a4 if max(budget_rec[c][1:] + list(spread[spread.config == c]["recovered"])) >= 0.5]
     lines.append("" if not reached else f"\\nAt least one run of {', '.join(reached)} reaches half of the loss.")
@@ -505,13 +506,13 @@ if lr_runs:
         ends = [r[-1]["recovered"] for r in runs]
         won = np.mean([(r[-1]["agreement"] - r[0]["agreement"]) * ref.fp["n_fidelity"] for r in runs])
         best = max(x["recovered"] for r in runs for x in r[1:])
-        lines.append(f"* **{c}**: at {lsq_lr:g} the 5-minute run ends at {budget_rec[c][-1]:+.0%}; at {budget_lr:g} at "
-                     f"**{', '.join(f'{e:+.0%}' for e in ends)}** ({len(ends)} seed{'s' if len(ends) > 1 else ''}, "
-                     f"{', '.join(str(r[-1]['step']) for r in runs)} steps; {won:+.1f} held-out images "
-                     f"won back on average of the {loss_images(c):.0f} PTQ loses), its best measurement along the way {best:+.0%}.")
+        lines.append(f"* **{c}**: at {lsq_lr:g} the 5-minute run ends at {budget_rec[c][-1]:+z.0%}; at {budget_lr:g} at "
+                     f"**{', '.join(f'{e:+z.0%}' for e in ends)}** ({len(ends)} seed{'s' if len(ends) > 1 else ''}, "
+                     f"{', '.join(str(r[-1]['step']) for r in runs)} steps; {won:+z.1f} held-out images "
+                     f"won back on average of the {loss_images(c):.0f} PTQ loses), its best measurement along the way {best:+z.0%}.")
     top = max([x["recovered"] for runs in lr_runs.values() for r in runs for x in r[1:] if np.isfinite(x["recovered"])], default=None)
     if top is not None:  # a recovery is undefined (NaN) when PTQ loses nothing
-        lines.append("\\n" + ("No run reaches half of the loss." if top < 0.5 else f"At least one measurement reaches half of the loss ({top:+.0%})."))
+        lines.append("\\n" + ("No run reaches half of the loss." if top < 0.5 else f"At least one measurement reaches half of the loss ({top:+z.0%})."))
     display(Markdown("\\n".join(lines)))
 """),
 md("""
@@ -544,11 +545,11 @@ if sm_runs:
         mode, rows = run["mode"], run["rows"]
         start, end = rows[0]["recovered"], rows[-1]["recovered"]
         moved = (rows[-1]["agreement"] - rows[0]["agreement"]) * ref.fp["n_fidelity"]
-        lines.append(f"* **{c}** ({mode}): smoothing alone starts the run at {start:+.0%} of the unsmoothed PTQ's loss; after "
-                     f"{rows[-1]['step']} steps in {rows[-1]['train_seconds'] / 60:.1f} min the fine-tune ends at **{end:+.0%}** "
-                     f"(best measurement along the way {max(r['recovered'] for r in rows[1:]):+.0%}): {moved:+.0f} held-out images "
-                     f"from its smoothed start, {run['own']:+.0%} of the smoothed "
-                     f"PTQ's own loss" + (f". From the unsmoothed PTQ the same recipe ended at {budget_rec[c][-1]:+.0%}." if c in budget_rec else "."))
+        lines.append(f"* **{c}** ({mode}): smoothing alone starts the run at {start:+z.0%} of the unsmoothed PTQ's loss; after "
+                     f"{rows[-1]['step']} steps in {rows[-1]['train_seconds'] / 60:.1f} min the fine-tune ends at **{end:+z.0%}** "
+                     f"(best measurement along the way {max(r['recovered'] for r in rows[1:]):+z.0%}): {moved:+z.0f} held-out images "
+                     f"from its smoothed start, {run['own']:+z.0%} of the smoothed "
+                     f"PTQ's own loss" + (f". From the unsmoothed PTQ the same recipe ended at {budget_rec[c][-1]:+z.0%}." if c in budget_rec else "."))
     gave_back = [c for c, r in sm_runs.items() if r["rows"][-1]["agreement"] < r["rows"][0]["agreement"]]
     lines.append("\\n" + (f"In {', '.join(gave_back)} the fine-tune ends below its smoothed start: it gives back what smoothing won instead of adding to it."
                           if gave_back else "The fine-tune keeps what smoothing won and adds to it."))
@@ -591,7 +592,7 @@ if len(w2a8_draws):
     w2a8_mean, w2a8_range = w2a8_diff.mean(), results.span(w2a8_diff, '{:+d}', ' to ')   # the target line reads them too
     g_moves = round((w2a8_draws["GPTQ"].max() - w2a8_draws["GPTQ"].min()) * n_fid_all)
     display(Markdown(
-        f"Over {len(w2a8_diff)} calibration samples LSQ − GPTQ is **{w2a8_mean:+.1f} images** on average ({w2a8_range}); "
+        f"Over {len(w2a8_diff)} calibration samples LSQ − GPTQ is **{w2a8_mean:+z.1f} images** on average ({w2a8_range}); "
         f"LSQ is at least as good as GPTQ on {int((w2a8_diff >= 0).sum())} of them. GPTQ alone moves by {g_moves} images between "
         f"samples, LSQ by {round((w2a8_draws['LSQ'].max() - w2a8_draws['LSQ'].min()) * n_fid_all)}."))
 """),
@@ -630,7 +631,7 @@ steps_df = pd.DataFrame({k: {"median |change|": float(np.median(np.abs(list(v.va
                              "KL: PTQ → end": f"{runs[k][0]['kl']:.4f} → {runs[k][-1]['kl']:.4f}",
                              "recovered at the end": runs[k][-1]["recovered"]} for k, (v, wv) in moved.items()}).T
 display(steps_df.style.format({"median |change|": "{:.0%}", "largest |change|": "{:.0%}", "weight steps: median": "{:.1%}",
-                               "weight steps: largest": "{:.0%}", "recovered at the end": "{:+.0%}"}).set_caption(
+                               "weight steps: largest": "{:.0%}", "recovered at the end": "{:+z.0%}"}).set_caption(
     f"Learned steps after {budget_minutes:g} minutes of training, relative to their calibrated start: |change| of each layer's input step, and of each weight channel's step"))
 if control:
     fast, kl0 = budget_curves["W4A4"], budget_curves["W4A4"][0]["kl"]
@@ -646,8 +647,8 @@ if control:
             "So the rise comes with the learned steps: at the chapter's rate they drift from their calibrated values and the "
             "KL rises with them; held near those values, it does not rise above PTQ's. " if k_slow <= 1.1 * kl0 else
             "The slower step rate does not remove the rise, so it is not the steps alone. ") +
-        f"The slower run ends at {control[slow][-1]['recovered']:+.0%} of PTQ's agreement loss recovered, the chapter's at "
-        f"{fast[-1]['recovered']:+.0%}" + (
+        f"The slower run ends at {control[slow][-1]['recovered']:+z.0%} of PTQ's agreement loss recovered, the chapter's at "
+        f"{fast[-1]['recovered']:+z.0%}" + (
             f" — {'more' if control[slow][-1]['recovered'] > fast[-1]['recovered'] else 'no more'} with the steps held, "
             f"a difference of {n_images(abs(control[slow][-1]['recovered'] - fast[-1]['recovered']) * loss_images('W4A4'))}, "
             "and neither reaches half of the loss." if max(control[slow][-1]["recovered"], fast[-1]["recovered"]) < 0.5 else ".")))
@@ -711,8 +712,8 @@ if learn_runs:
     end = {k: r[-1]["recovered"] for k, r in learn_runs.items()} | {(c, "all", False): r[-1]["recovered"] for c, r in both.items()}
     steps_only = [c for (c, l, p) in learn_runs if l == "steps" and not p]
     lines = ["Share of PTQ's agreement loss won back at the end of the run:"] + [
-        f"* {c}: learning everything {end[(c, 'all', False)]:+.0%}, " + ", ".join(
-            f"{learn_label[(l, p)]} {end[(c, l, p)]:+.0%}" for (c2, l, p) in learn_runs if c2 == c) for c in both]
+        f"* {c}: learning everything {end[(c, 'all', False)]:+z.0%}, " + ", ".join(
+            f"{learn_label[(l, p)]} {end[(c, l, p)]:+z.0%}" for (c2, l, p) in learn_runs if c2 == c) for c in both]
     if all(v < 0.5 for v in end.values()):
         lines.append("\\nNo run reaches half of the loss.")
     steps_lose = all(end[(c, "steps", False)] < 0 for c in steps_only)
@@ -731,23 +732,23 @@ if learn_runs:
         seeds4 = spread[spread.config == "W4A4"]["recovered"]  # one recipe's recovery between seeds (45-step runs)
         gap, loss4 = abs(p_end - p_mix), loss_images("W4A4")
         lines.append(
-            f"\\nOn the training images as they are, without blends or augmentation, W4A4's input steps end at {p_end:+.0%} "
-            f"(with them {p_mix:+.0%}): " + (
+            f"\\nOn the training images as they are, without blends or augmentation, W4A4's input steps end at {p_end:+z.0%} "
+            f"(with them {p_mix:+z.0%}): " + (
                 "they lose held-out agreement either way, so the blends and the augmentation are not what makes them lose it. "
                 if (p_end < 0) == (p_mix < 0) else "the two differ in sign, so the blends or the augmentation matter. ")
             + f"The two differ by {gap:.0%} of PTQ's loss ({n_images(gap * loss4)}), "
-            + (f"no more than one recipe's recovery moves between seeds ({results.span(seeds4, '{:+.0%}', ' to ')} for "
+            + (f"no more than one recipe's recovery moves between seeds ({results.span(seeds4, '{:+z.0%}', ' to ')} for "
                f"W4A4's {lsq_steps}-step runs): not a difference this test can tell from the draw."
                if round(gap * loss4) <= round((seeds4.max() - seeds4.min()) * loss4) else  # compared in whole images
-               f"more than one recipe's recovery moves between seeds ({results.span(seeds4, '{:+.0%}', ' to ')} for "
+               f"more than one recipe's recovery moves between seeds ({results.span(seeds4, '{:+z.0%}', ' to ')} for "
                f"W4A4's {lsq_steps}-step runs): the {'blends make' if p_mix < p_end else 'plain images make'} the steps "
                "lose more."))
     if null_rec:
         nr, fine = np.array(null_rec), end[("W4A4", "steps", False)]
         below = int((nr <= fine).sum())
         lines.append(
-            f"\\nMoved at random by as much ({len(nr)} draws), the same 21 steps give a recovery of {nr.mean():+.0%} on average "
-            f"(standard deviation {nr.std(ddof=1):.0%}, {results.span(nr, '{:+.0%}', ' to ')}); the fine-tune's {fine:+.0%} is "
+            f"\\nMoved at random by as much ({len(nr)} draws), the same 21 steps give a recovery of {nr.mean():+z.0%} on average "
+            f"(standard deviation {nr.std(ddof=1):.0%}, {results.span(nr, '{:+z.0%}', ' to ')}); the fine-tune's {fine:+z.0%} is "
             + (f"below all of them (were it one more random draw, a chance of 1 in {len(nr) + 1}): learning found no better "
                "direction for them than chance, if anything a worse one. "
                if below == 0 else f"at or above {len(nr) - below} of the {len(nr)} draws: within what a random move of that size does. ")
@@ -791,10 +792,10 @@ if recon_hist:
                                          f"{recon_iters} updates per unit)")
     allr = np.concatenate(list(removed.values()))
     display(Markdown(
-        f"On its own images the reconstruction changes a unit's output error by {results.span(-allr, '{:+.1%}', ' to ')} "
-        f"(median {-np.median(allr):+.1%}), in {results.span(recon_min.values(), '{:.1f}', '–')} min per configuration. On the "
-        "held-out images it wins back " + ", ".join(f"**{recon_rec[c]:+.0%}** of {c}'s loss ({won_images[c]:+d} images)" for c in recon_hist) +
-        " — against " + ", ".join(f"{recovery(c)[2]:+.0%}" for c in recon_hist) + f" for the {lsq_steps}-step fine-tune. " + (
+        f"On its own images the reconstruction changes a unit's output error by {results.span(-allr, '{:+z.1%}', ' to ')} "
+        f"(median {-np.median(allr):+z.1%}), in {results.span(recon_min.values(), '{:.1f}', '–')} min per configuration. On the "
+        "held-out images it wins back " + ", ".join(f"**{recon_rec[c]:+z.0%}** of {c}'s loss ({won_images[c]:+d} images)" for c in recon_hist) +
+        " — against " + ", ".join(f"{recovery(c)[2]:+z.0%}" for c in recon_hist) + f" for the {lsq_steps}-step fine-tune. " + (
             "No configuration comes near half. " if max(recon_rec.values()) < 0.25 else
             "It does not reach half. " if max(recon_rec.values()) < 0.5 else "") + (
             "Fitted to the blocks' outputs, where the training images do carry the error, the steps and biases remove a few "
@@ -874,9 +875,9 @@ display(Markdown(
     f"with FP32, on blends of them {results.span(ptq['mixup blends of them'], '{:.2%}', '–')}, held out "
     f"{results.span(ptq['val + test (held out)'], '{:.2%}', '–')}: the baseline has fitted its training set, so "
     "the training images carry little signal about where the quantized network goes wrong; blends carry more. "
-    f"The fine-tune moves agreement on the blends it trains on by {results.span((q['mixup blends of them'] - ptq['mixup blends of them']) * 100, '{:+.2f}', ' to ')} "
+    f"The fine-tune moves agreement on the blends it trains on by {results.span((q['mixup blends of them'] - ptq['mixup blends of them']) * 100, '{:+z.2f}', ' to ')} "
     f"points, held out by "
-    f"{results.span((q['val + test (held out)'] - ptq['val + test (held out)']) * 100, '{:+.2f}', ' to ')}."))
+    f"{results.span((q['val + test (held out)'] - ptq['val + test (held out)']) * 100, '{:+z.2f}', ' to ')}."))
 """),
 md("""
 ### What the lower KL is made of
@@ -907,7 +908,7 @@ for c in lsq_configs:
 kl_df = pd.DataFrame(kl_rows)
 display(kl_df.drop(columns=["config", "kind"]).set_index("model").style.format(
     {"agreement": "{:.2%}", "kl": "{:.4f}", "tau": "{:.2f}", "kl_at_tau": "{:.4f}", "margin error sd (all)": "{:.3f}",
-     "margin error mean (FP32 unsure)": "{:+.3f}", "margin error sd (FP32 unsure)": "{:.3f}"}).set_caption(
+     "margin error mean (FP32 unsure)": "{:+z.3f}", "margin error sd (FP32 unsure)": "{:.3f}"}).set_caption(
     f"held-out logits ({len(fp_p):,} images; FP32 unsure: top-1 probability < 0.5, {int(unsure.sum()):,} images)"))
 fig = plots_qat.scale_vs_margins(kl_df[kl_df.config.str.endswith("A4")], fp_margin, errors)
 k = kl_df.set_index(["config", "kind"])
@@ -918,12 +919,11 @@ ch = pd.DataFrame({"fine_tune": qat_k.kl / ptq_k.kl - 1,              # relative
                    "beyond": qat_k.kl_at_tau / ptq_k.kl_at_tau - 1,
                    "noise": qat_k[sd_u] / ptq_k[sd_u] - 1})          # NaN without two FP32-unsure images
 has_unsure = unsure.sum() > 1
-pct = lambda v: results.span([v], "{:+.0%}")  # one signed share; "+0%" where it rounds to zero, not "-0%"
 display(Markdown("\\n\\n".join(
-    f"- **{c}**: the fine-tune takes the KL from {ptq_k.kl[c]:.4f} to {qat_k.kl[c]:.4f} ({pct(r.fine_tune)}); one temperature alone "
-    f"(τ = {ptq_k.tau[c]:.2f}) takes PTQ's to {ptq_k.kl_at_tau[c]:.4f} ({pct(r.temperature)}), and at their best temperatures "
-    f"QAT is at {qat_k.kl_at_tau[c]:.4f} against PTQ's {ptq_k.kl_at_tau[c]:.4f} ({pct(r.beyond)}). " +
-    (f"The spread of the margin error on the images FP32 is unsure of goes from {ptq_k[sd_u][c]:.3f} to {qat_k[sd_u][c]:.3f} ({pct(r.noise)})."
+    f"- **{c}**: the fine-tune takes the KL from {ptq_k.kl[c]:.4f} to {qat_k.kl[c]:.4f} ({r.fine_tune:+z.0%}); one temperature alone "
+    f"(τ = {ptq_k.tau[c]:.2f}) takes PTQ's to {ptq_k.kl_at_tau[c]:.4f} ({r.temperature:+z.0%}), and at their best temperatures "
+    f"QAT is at {qat_k.kl_at_tau[c]:.4f} against PTQ's {ptq_k.kl_at_tau[c]:.4f} ({r.beyond:+z.0%}). " +
+    (f"The spread of the margin error on the images FP32 is unsure of goes from {ptq_k[sd_u][c]:.3f} to {qat_k[sd_u][c]:.3f} ({r.noise:+z.0%})."
      if has_unsure else "Too few images here that FP32 is unsure of to measure its margins' error there.")
     for c, r in ch.loc[lsq_configs].iterrows())))
 scale_gap = ch.beyond.abs().max()     # how far apart PTQ and QAT are once each is at its best temperature
@@ -934,8 +934,8 @@ if scale_only and has_unsure and ch.noise.min() > -0.1:
         f"What the fine-tune does to the KL is what a temperature does too: once each model is divided by its best τ, PTQ and "
         f"QAT are within {scale_gap:.0%} of each other in every configuration (one number per model removes "
         f"{results.span(-ch.temperature, '{:.0%}', '–')} of PTQ's KL, the fine-tune changes it by "
-        f"{results.span(ch.fine_tune, '{:+.0%}', ' to ')}). The spread of the margin error on the images FP32 is unsure of — which is what turns "
-        f"answers — {'stays as it was' if steady else 'does not narrow'}: it changes by {results.span(ch.noise, '{:+.0%}', ' to ')}. "
+        f"{results.span(ch.fine_tune, '{:+z.0%}', ' to ')}). The spread of the margin error on the images FP32 is unsure of — which is what turns "
+        f"answers — {'stays as it was' if steady else 'does not narrow'}: it changes by {results.span(ch.noise, '{:+z.0%}', ' to ')}. "
         "The right panel shows where answers turn: the margin error reaches the margin (the dotted line) only on the images FP32 "
         "separates least" + (", and there the fine-tune's curves lie on PTQ's" if steady else "") + ". For a fine-tune on this "
         "data the KL is the wrong gauge of fidelity: it can fall while the errors that decide answers "
@@ -943,9 +943,9 @@ if scale_only and has_unsure and ch.noise.min() > -0.1:
 else:
     display(Markdown(
         f"The fine-tune changes more than the logits' scale: at their best temperatures QAT's KL differs from PTQ's by "
-        f"{results.span(ch.beyond, '{:+.0%}', ' to ')}" + (
+        f"{results.span(ch.beyond, '{:+z.0%}', ' to ')}" + (
             f", and the spread of the margin error on the images FP32 is unsure of by "
-            f"{results.span(ch.noise, '{:+.0%}', ' to ')}." if has_unsure else ".")))
+            f"{results.span(ch.noise, '{:+z.0%}', ' to ')}." if has_unsure else ".")))
 """),
 md("""
 ### How many answers a given spread turns
@@ -990,7 +990,7 @@ for c in a4_configs:
     reachable = measure.expected_flips(fp_margin, p["mean"], 0.0) <= p.predicted / 2   # else the mean error alone flips more
     needed[c] = measure.sd_for_flips(fp_margin, p["mean"], p.predicted / 2) if reachable else float("nan")
 display(noise_df.set_index("model")[["mean", "sd", "predicted", "disagreements"]].style.format(
-    {"mean": "{:+.3f}", "sd": "{:.3f}", "predicted": "{:.0f}"}).set_caption(
+    {"mean": "{:+z.3f}", "sd": "{:.3f}", "predicted": "{:.0f}"}).set_caption(
     f"margin error measured on {where_text}; disagreements among {len(fp_p):,} held-out images"))
 fig = plots_qat.noise_and_flips(noise_df, {f"{c}: half of PTQ's loss": v for c, v in needed.items() if np.isfinite(v)})
 """),
@@ -1005,12 +1005,12 @@ for c in a4_configs:
     p, q = nd.loc[(w, a, "PTQ")], nd.loc[(w, a, "QAT")]
     off = "" if w in holds else f" (the model is off at W{w}: see below)"
     text = (f"- **{c}**{off}: the spread of the margin error is {p.sd:.3f} after PTQ and {q.sd:.3f} after the fine-tune "
-            f"({q.sd / p.sd - 1:+.0%}); predicted disagreements {p.predicted:.0f} → {q.predicted:.0f}, measured "
+            f"({q.sd / p.sd - 1:+z.0%}); predicted disagreements {p.predicted:.0f} → {q.predicted:.0f}, measured "
             f"{p.disagreements} → {q.disagreements}. ")
     if np.isfinite(needed[c]):
         up = nd.loc[(w, a + 1, "PTQ")] if (w, a + 1, "PTQ") in nd.index else None
         text += (f"Half of PTQ's loss takes a spread of {needed[c]:.3f}, a cut of {1 - needed[c] / p.sd:.0%}" +
-                 (f"; one more activation bit, without any training, gives {up.sd:.3f} ({up.sd / p.sd - 1:+.0%}, "
+                 (f"; one more activation bit, without any training, gives {up.sd:.3f} ({up.sd / p.sd - 1:+z.0%}, "
                   f"{up.disagreements} disagreements)." if up is not None else "."))
         if w in holds and up is not None:
             cuts.append((c, 1 - needed[c] / p.sd, 1 - up.sd / p.sd))
@@ -1123,9 +1123,9 @@ rec = {c: recovery(c) for c in lsq_configs if "A4" in c}
 w2a8 = [c for c in lsq_configs if c == "W2A8"]
 d_fp, sp8 = (r_qat8["accuracy"] - ref.fp["accuracy"]) * 100, tab8.loc["int8 QAT", "speedup"]
 d_lrs = own8["vs FP32 (points)"]
-msg = [f"int8 QAT (from PTQ): {d_fp:+.2f} points of test accuracy vs FP32 ({'meets' if d_fp >= -0.2 else 'misses'} the target of at most "
-       f"0.2 below; {results.span(d_lrs, '{:+.2f}', ' to ')} over the learning rates {', '.join(own8['lr'])}, "
-       f"{(r_qat8_std['accuracy'] - ref.fp['accuracy']) * 100:+.2f} with the standard recipe), {r_qat8['size_mb']:.2f} MB ({'meets' if r_qat8['size_mb'] <= 11.5 else 'misses'} at most 11.5), "
+msg = [f"int8 QAT (from PTQ): {d_fp:+z.2f} points of test accuracy vs FP32 ({'meets' if d_fp >= -0.2 else 'misses'} the target of at most "
+       f"0.2 below; {results.span(d_lrs, '{:+z.2f}', ' to ')} over the learning rates {', '.join(own8['lr'])}, "
+       f"{(r_qat8_std['accuracy'] - ref.fp['accuracy']) * 100:+z.2f} with the standard recipe), {r_qat8['size_mb']:.2f} MB ({'meets' if r_qat8['size_mb'] <= 11.5 else 'misses'} at most 11.5), "
        f"{sp8:.1f}x FP32's throughput in this chapter's timing, {tl8_text} ("
        + (f"{'meets' if sp8_tl['quiet'] >= 3.5 else 'misses'} at least 3.5x on the quiet machine" if tl8s["quiet_ok"] else
           f"{'meets' if sp8_tl['quiet'] >= 3.5 else 'misses'} at least 3.5x on a machine loaded throughout this run; chapter 8's timeline may show the quiet one")
@@ -1149,29 +1149,29 @@ for c, (p, q, r) in rec.items():
     target = c in ("W4A4", "W2A4")   # the issue's targets; W8A4 is reported beside them
     msg.append(f"{c}{'' if target else ' (no target, reported)'}: QAT recovers {r:.0%} of the PTQ agreement loss ({won:+d} images "
                f"of the {half} half would take; {ci_text(c)})" + (
-        f" ({', '.join(f'{d:+.0%}' for _, d in draws[c][1:])} with other seeds; {budget_rec[c][-1]:+.0%} after "
+        f" ({', '.join(f'{d:+z.0%}' for _, d in draws[c][1:])} with other seeds; {budget_rec[c][-1]:+z.0%} after "
         f"{budget_min[c]:.1f} min of training)" if c in budget_rec else "") +
-        (f"; {', '.join(f'{e:+.0%}' for e in lr_end)} in as many minutes "
+        (f"; {', '.join(f'{e:+z.0%}' for e in lr_end)} in as many minutes "
          f"at a weights' learning rate of {budget_lr:g}" if lr_end else "") +
-        (f"; against the best smoothed PTQ {vs_best[c]:+.0%}" if c in vs_best else "") +
-        (f"; from the smoothed PTQ {sm_runs[c]['rows'][-1]['recovered']:+.0%} after {sm_runs[c]['rows'][-1]['train_seconds'] / 60:.1f} min "
-         f"({sm_runs[c]['own']:+.0%} of the smoothed PTQ's loss)" if c in sm_runs else "") +
+        (f"; against the best smoothed PTQ {vs_best[c]:+z.0%}" if c in vs_best else "") +
+        (f"; from the smoothed PTQ {sm_runs[c]['rows'][-1]['recovered']:+z.0%} after {sm_runs[c]['rows'][-1]['train_seconds'] / 60:.1f} min "
+         f"({sm_runs[c]['own']:+z.0%} of the smoothed PTQ's loss)" if c in sm_runs else "") +
         ("" if not target else f" — {'meets' if r >= 0.5 else 'misses'} the target of half" +
          ("" if math.isnan(lo) else f"; the interval {'lies below half' if hi < 0.5 else 'reaches half' if r < 0.5 else 'lies above half' if lo >= 0.5 else 'reaches below half'}")) +
-        (f" (best of its runs and checkpoints: {best:+.0%})" if best > r else ""))
+        (f" (best of its runs and checkpoints: {best:+z.0%})" if best > r else ""))
 if w2a8:
     p, q, _ = recovery("W2A8", "int8")
     n = ref.fp["n_fidelity"]
     msg.append(f"W2A8 on the int8 engine: LSQ {q:.2%} vs GPTQ {p:.2%} agreement ({round((q - p) * n):+d} of {n:,} images); "
-               f"over {len(w2a8_diff)} calibration samples LSQ − GPTQ averages {w2a8_mean:+.1f} images ({w2a8_range}) — "
+               f"over {len(w2a8_diff)} calibration samples LSQ − GPTQ averages {w2a8_mean:+z.1f} images ({w2a8_range}) — "
                f"{'meets' if w2a8_mean >= 0 else 'misses'} the target of at least as good, on average")
 msg.append(f"{held_config} distilled on half of the validation tracks (a test, not a result): {r_t:.0%} of the loss recovered on the test split")
 display(Markdown("**Targets (measured):** " + "; ".join(msg) + f". Chapter time: {(time.time() - t_chapter) / 60:.1f} min."))
 answer = (f"**When is QAT worth it here?** At 8 bits it buys nothing: PTQ is within noise of FP32. With low-bit weights or "
-          f"4-bit activations, a minute of LSQ moves held-out agreement by {results.span(gain.values(), '{:+.2f}', ' to ')} points "
-          f"and the KL to FP32 by {results.span(dkl.values(), '{:+.0%}', ' to ')}" +
+          f"4-bit activations, a minute of LSQ moves held-out agreement by {results.span(gain.values(), '{:+z.2f}', ' to ')} points "
+          f"and the KL to FP32 by {results.span(dkl.values(), '{:+z.0%}', ' to ')}" +
           (f" — at their best temperatures PTQ and QAT are within {scale_gap:.0%}: a change of the logits' scale" if scale_only else "") +
-          (f"; the spread of the margin error that decides answers changes by {results.span(ch.noise, '{:+.0%}', ' to ')}"
+          (f"; the spread of the margin error that decides answers changes by {results.span(ch.noise, '{:+z.0%}', ' to ')}"
            if has_unsure else "") + "; ")
 if cuts:
     answer += ("the number of answers a model turns follows the spread of that error, and half of the loss would take "
@@ -1181,17 +1181,17 @@ if "W4A4" in lsq_configs:
     answer += (f"keeping the first and last layer at 8 bits, which costs nothing, removed {share:.0%} of W4A4's agreement loss. ")
 if budget_rec:
     width = spread.groupby("config")["recovered"].agg(lambda r: r.max() - r.min()).max()
-    ends = ", ".join(f"{budget_rec[c][-1]:+.0%} ({c})" for c in budget_rec)
+    ends = ", ".join(f"{budget_rec[c][-1]:+z.0%} ({c})" for c in budget_rec)
     answer += (f"Time-boxed to {budget_minutes:g} minutes ({results.span(budget_n.values(), '{}')} steps, at most "
                f"{max(budget_min.values()):.1f} min of training), the same fine-tune ends at {ends} "
                "of the loss recovered" + (", still short of half" if max(r[-1] for r in budget_rec.values()) < 0.5 else "") +
                f"; the {lsq_steps}-step run's recovery moves by up to {width:.0%} of the loss between seeds. ")
 if lr_runs:
     answer += (f"At a weights' learning rate of {budget_lr:g} ({budget_lr / lsq_lr:g} times the chapter's) the same time box ends at " +
-               ", ".join(f"{r[-1]['recovered']:+.0%} ({c}, seed {cfg.seed + k})" for c, runs in lr_runs.items() for k, r in enumerate(runs)) + ". ")
+               ", ".join(f"{r[-1]['recovered']:+z.0%} ({c}, seed {cfg.seed + k})" for c, runs in lr_runs.items() for k, r in enumerate(runs)) + ". ")
 if recon_rec:
     answer += ("Fitting each block's output instead (block-wise reconstruction of the same steps and biases) ends at " +
-               ", ".join(f"{r:+.0%} ({c})" for c, r in recon_rec.items()) + ". ")
+               ", ".join(f"{r:+z.0%} ({c})" for c, r in recon_rec.items()) + ". ")
 answer += (f"Distilled on {len(held_a):,} images FP32 was not fitted on (half of the validation tracks, labels unused), "
            f"{held_config} recovered {r_a:.0%} of the loss on them and {r_b:.0%} / {r_t:.0%} on other tracks" +
            (": inputs near FP32's decision boundary are what a fine-tune needs, and this data set has no unlabelled images to "

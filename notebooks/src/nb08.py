@@ -76,12 +76,13 @@ if bench.discover(vdir):
     if len(e8) and "fp32" in set(bdf["variant"]):
         fp_b = bdf.set_index("variant").loc["fp32"]
         cold_extra = bdf["ms_cold"] / bdf["ms_per_batch"] - 1   # how much longer a cold batch takes than a warm one
+        # Signed figures print with Python's "z" option ("{:+z.0%}", PEP 682): one that rounds to zero reads +0%, not -0%.
         display(Markdown(f"The variants hold {bdf['memory_mb'].sum():.0f} MB of weights in memory"
                          + (f", the CPU's L3 cache is {l3:.0f} MB" if l3 else "") + f". Warm, the int8-engine variants run "
                          f"**{results.span(e8['speedup_vs_fp32'])}x** faster than FP32; cold, "
                          f"**{results.span(e8['speedup_cold'])}x** (FP32 {fp_b['ms_per_batch']:.0f} ms "
                          f"warm, {fp_b['ms_cold']:.0f} ms cold). A cold batch takes "
-                         f"{results.span(cold_extra, '{:+.0%}', ' to ')} "
+                         f"{results.span(cold_extra, '{:+z.0%}', ' to ')} "
                          "longer than a warm one of the same variant, against a spread of "
                          f"{results.span(bdf['spread'])} (slowest over fastest warm batch) within each."))
 else:
@@ -134,7 +135,7 @@ if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
         s8 = [slow[k] for k in sp]
         text += (f"In {tls['loaded_rounds']} round(s) the probe took at least {tls['loaded_factor'] - 1:.0%} longer (right of the "
                  f"dashed line; median {ms_['probe']['loaded']:.0f} ms): the machine itself was slower. In those rounds FP32 took "
-                 f"{slow['fp32'] - 1:+.0%} longer, the int8 variants {results.span([v - 1 for v in s8], '{:+.0%}', ' to ')}, and the speed-up "
+                 f"{slow['fp32'] - 1:+z.0%} longer, the int8 variants {results.span([v - 1 for v in s8], '{:+z.0%}', ' to ')}, and the speed-up "
                  f"was **{results.span([v['loaded'] for v in sp.values()])}x**. ")
         rms = tls["round_ms"]
         if "stolen" in rms and "duration" in rms:  # Linux counts the CPU time the hypervisor gives to others ("steal")
@@ -370,7 +371,7 @@ p8, s8, w4 = lab("int8 PTQ (torch default, no smoothing)"), lab("SmoothQuant W8A
 if p8 is not None:
     tips.append(f"- **Need speed on a CPU?** Static int8 on PyTorch's x86 engine. Its default recipe keeps {p8['agreement']:.2%} "
                 f"agreement with FP32 in {p8['size_mb']:.1f} MB"
-                + (f"; SmoothQuant's smoothing moves that by {(s8['agreement'] - p8['agreement']) * 100:+.2f} points (the activations "
+                + (f"; SmoothQuant's smoothing moves that by {(s8['agreement'] - p8['agreement']) * 100:+z.2f} points (the activations "
                    "have no LLM-style outlier channels, chapter 6)" if s8 is not None else "")
                 + (f"; with GPTQ's 4-bit codes on the same engine (W4A8) the file is {w4['size_mb']:.2f} MB at {w4['agreement']:.2%} agreement"
                    if w4 is not None else "") + ".")
