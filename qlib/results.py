@@ -126,7 +126,7 @@ def span(values, fmt: str = "{:.1f}", sep: str = "-") -> str:
     if not values:
         raise ValueError("span: got no values; expected at least one number")
 
-    def show(v):  # whatever fmt prints around the number: it prints -0.0 just as it printed v
+    def show(v):  # negative zero: fmt prints v exactly as it prints -0.0, text around the number included
         text = fmt.format(v)
         if isinstance(v, numbers.Integral):  # an integer has no negative zero
             return text
