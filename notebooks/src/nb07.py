@@ -234,7 +234,8 @@ lab_std, lab_own = "standard recipe (loss: cross-entropy)", "from PTQ (loss: KL 
 fig = plots_qat.qat_curves({lab_std: hist8_std, lab_own: hist8}, starts={lab_own: models.evaluate(ptq8, splits.val)["accuracy"]},
                            title="int8 QAT: the standard recipe (ranges and BN statistics frozen for the last epoch) and from PTQ (fixed from the start)",
                            relative_loss=True)  # two different losses: their changes compare, their levels do not
-# Signed figures print with Python's "z" option ("{:+z.2f}", PEP 682): one that rounds to zero reads +0.00, not -0.00.
+# Signed figures print with Python's "z" option ("{:+z.2f}", PEP 682): one that rounds to zero reads +0.00, not -0.00
+# (results.span drops that minus itself, so its formats need no "z").
 d_acc = (r_qat8["accuracy"] - r_ptq8["accuracy"]) * 100
 ptq_dis, std_dis, own_dis = recipes8["disagreements"].iloc[0], recipes8["disagreements"].iloc[1], own8["disagreements"]
 display(Markdown(
@@ -244,7 +245,7 @@ display(Markdown(
     f"{tab8.loc['int8 QAT', 'speedup']:.1f}x faster than FP32 in the table's timing ({tl8_text}). It cost {qat8_s / 60:.1f} min of training against "
     f"{ptq8_s:.1f} s of calibration. PTQ disagrees with FP32 on {ptq_dis} of {n_fid8:,} held-out images; started from it, "
     f"the fine-tune ends at {results.span(own_dis, '{}', '–')} over the {len(own_dis)} learning rates "
-    f"({results.span(own8['vs FP32 (points)'], '{:+z.2f}', ' to ')} points of "
+    f"({results.span(own8['vs FP32 (points)'], '{:+.2f}', ' to ')} points of "
     f"test accuracy vs FP32). The standard recipe — moving-average ranges, BN statistics re-estimated from a few dozen "
     f"augmented batches, labels instead of FP32's outputs — ends at **{std_dis}**" +
     (f", further from FP32 than the PTQ model it could have started from" if std_dis > ptq_dis else "") +
@@ -339,7 +340,7 @@ for c in lsq_configs:
 n_tracks = len(set(ref.fid_groups))
 def ci_text(c):
     _, lo, hi = rec_ci[c]
-    return "no interval: PTQ lost nothing" if math.isnan(lo) else f"95% interval over tracks {results.span([lo, hi], '{:+z.0%}', ' to ')}"
+    return "no interval: PTQ lost nothing" if math.isnan(lo) else f"95% interval over tracks {results.span([lo, hi], '{:+.0%}', ' to ')}"
 lines, gain, dkl = [], {}, {}
 for c in lsq_configs:
     p, q, r = recovery(c)
@@ -400,7 +401,7 @@ best_sm = sm_only.loc[sm_only.groupby("config").agreement.idxmax()].set_index("c
 vs_best = {c: measure.recovery(best_sm.agreement[c], recovery(c)[1]) for c in a4}
 display(Markdown(
     f"Smoothing moves PTQ's agreement by {results.span(sm_only.images.astype(int), '{:+d}', ' to ')} held-out images "
-    f"({results.span(sm_only.won, '{:+z.0%}', ' to ')} of the unsmoothed PTQ's loss). " +
+    f"({results.span(sm_only.won, '{:+.0%}', ' to ')} of the unsmoothed PTQ's loss). " +
     ("No interval lies above zero: at 4-bit per-tensor activations, smoothing does not help beyond what the choice of "
      "tracks decides" + ("" if hurts.empty else
                         f", and it makes agreement worse in {', '.join(hurts.config + ' (' + hurts.smoothing + ')')}: "
@@ -468,7 +469,7 @@ if budget_curves:
     lines = []
     for c in a4:
         r = spread[spread.config == c]["recovered"]
-        lines.append(f"* **{c}**: over {len(r)} seeds the {lsq_steps}-step fine-tune wins back **{results.span(r, '{:+z.0%}', ' to ')}"
+        lines.append(f"* **{c}**: over {len(r)} seeds the {lsq_steps}-step fine-tune wins back **{results.span(r, '{:+.0%}', ' to ')}"
                      f"** of PTQ's loss (mean {r.mean():+z.0%}). Time-boxed, it took {budget_n[c]} steps "
                      f"in {budget_min[c]:.1f} min of training and ends at **{budget_rec[c][-1]:+z.0%}**; its best measurement "
                      f"along the way is {max(budget_rec[c][1:]):+z.0%}, and its KL to FP32 goes from "
@@ -737,10 +738,10 @@ if learn_runs:
                 "they lose held-out agreement either way, so the blends and the augmentation are not what makes them lose it. "
                 if (p_end < 0) == (p_mix < 0) else "the two differ in sign, so the blends or the augmentation matter. ")
             + f"The two differ by {gap:.0%} of PTQ's loss ({n_images(gap * loss4)}), "
-            + (f"no more than one recipe's recovery moves between seeds ({results.span(seeds4, '{:+z.0%}', ' to ')} for "
+            + (f"no more than one recipe's recovery moves between seeds ({results.span(seeds4, '{:+.0%}', ' to ')} for "
                f"W4A4's {lsq_steps}-step runs): not a difference this test can tell from the draw."
                if round(gap * loss4) <= round((seeds4.max() - seeds4.min()) * loss4) else  # compared in whole images
-               f"more than one recipe's recovery moves between seeds ({results.span(seeds4, '{:+z.0%}', ' to ')} for "
+               f"more than one recipe's recovery moves between seeds ({results.span(seeds4, '{:+.0%}', ' to ')} for "
                f"W4A4's {lsq_steps}-step runs): the {'blends make' if p_mix < p_end else 'plain images make'} the steps "
                "lose more."))
     if null_rec:
@@ -748,7 +749,7 @@ if learn_runs:
         below = int((nr <= fine).sum())
         lines.append(
             f"\\nMoved at random by as much ({len(nr)} draws), the same 21 steps give a recovery of {nr.mean():+z.0%} on average "
-            f"(standard deviation {nr.std(ddof=1):.0%}, {results.span(nr, '{:+z.0%}', ' to ')}); the fine-tune's {fine:+z.0%} is "
+            f"(standard deviation {nr.std(ddof=1):.0%}, {results.span(nr, '{:+.0%}', ' to ')}); the fine-tune's {fine:+z.0%} is "
             + (f"below all of them (were it one more random draw, a chance of 1 in {len(nr) + 1}): learning found no better "
                "direction for them than chance, if anything a worse one. "
                if below == 0 else f"at or above {len(nr) - below} of the {len(nr)} draws: within what a random move of that size does. ")
@@ -792,7 +793,7 @@ if recon_hist:
                                          f"{recon_iters} updates per unit)")
     allr = np.concatenate(list(removed.values()))
     display(Markdown(
-        f"On its own images the reconstruction changes a unit's output error by {results.span(-allr, '{:+z.1%}', ' to ')} "
+        f"On its own images the reconstruction changes a unit's output error by {results.span(-allr, '{:+.1%}', ' to ')} "
         f"(median {-np.median(allr):+z.1%}), in {results.span(recon_min.values(), '{:.1f}', '–')} min per configuration. On the "
         "held-out images it wins back " + ", ".join(f"**{recon_rec[c]:+z.0%}** of {c}'s loss ({won_images[c]:+d} images)" for c in recon_hist) +
         " — against " + ", ".join(f"{recovery(c)[2]:+z.0%}" for c in recon_hist) + f" for the {lsq_steps}-step fine-tune. " + (
@@ -875,9 +876,9 @@ display(Markdown(
     f"with FP32, on blends of them {results.span(ptq['mixup blends of them'], '{:.2%}', '–')}, held out "
     f"{results.span(ptq['val + test (held out)'], '{:.2%}', '–')}: the baseline has fitted its training set, so "
     "the training images carry little signal about where the quantized network goes wrong; blends carry more. "
-    f"The fine-tune moves agreement on the blends it trains on by {results.span((q['mixup blends of them'] - ptq['mixup blends of them']) * 100, '{:+z.2f}', ' to ')} "
+    f"The fine-tune moves agreement on the blends it trains on by {results.span((q['mixup blends of them'] - ptq['mixup blends of them']) * 100, '{:+.2f}', ' to ')} "
     f"points, held out by "
-    f"{results.span((q['val + test (held out)'] - ptq['val + test (held out)']) * 100, '{:+z.2f}', ' to ')}."))
+    f"{results.span((q['val + test (held out)'] - ptq['val + test (held out)']) * 100, '{:+.2f}', ' to ')}."))
 """),
 md("""
 ### What the lower KL is made of
@@ -934,8 +935,8 @@ if scale_only and has_unsure and ch.noise.min() > -0.1:
         f"What the fine-tune does to the KL is what a temperature does too: once each model is divided by its best τ, PTQ and "
         f"QAT are within {scale_gap:.0%} of each other in every configuration (one number per model removes "
         f"{results.span(-ch.temperature, '{:.0%}', '–')} of PTQ's KL, the fine-tune changes it by "
-        f"{results.span(ch.fine_tune, '{:+z.0%}', ' to ')}). The spread of the margin error on the images FP32 is unsure of — which is what turns "
-        f"answers — {'stays as it was' if steady else 'does not narrow'}: it changes by {results.span(ch.noise, '{:+z.0%}', ' to ')}. "
+        f"{results.span(ch.fine_tune, '{:+.0%}', ' to ')}). The spread of the margin error on the images FP32 is unsure of — which is what turns "
+        f"answers — {'stays as it was' if steady else 'does not narrow'}: it changes by {results.span(ch.noise, '{:+.0%}', ' to ')}. "
         "The right panel shows where answers turn: the margin error reaches the margin (the dotted line) only on the images FP32 "
         "separates least" + (", and there the fine-tune's curves lie on PTQ's" if steady else "") + ". For a fine-tune on this "
         "data the KL is the wrong gauge of fidelity: it can fall while the errors that decide answers "
@@ -943,9 +944,9 @@ if scale_only and has_unsure and ch.noise.min() > -0.1:
 else:
     display(Markdown(
         f"The fine-tune changes more than the logits' scale: at their best temperatures QAT's KL differs from PTQ's by "
-        f"{results.span(ch.beyond, '{:+z.0%}', ' to ')}" + (
+        f"{results.span(ch.beyond, '{:+.0%}', ' to ')}" + (
             f", and the spread of the margin error on the images FP32 is unsure of by "
-            f"{results.span(ch.noise, '{:+z.0%}', ' to ')}." if has_unsure else ".")))
+            f"{results.span(ch.noise, '{:+.0%}', ' to ')}." if has_unsure else ".")))
 """),
 md("""
 ### How many answers a given spread turns
@@ -1124,7 +1125,7 @@ w2a8 = [c for c in lsq_configs if c == "W2A8"]
 d_fp, sp8 = (r_qat8["accuracy"] - ref.fp["accuracy"]) * 100, tab8.loc["int8 QAT", "speedup"]
 d_lrs = own8["vs FP32 (points)"]
 msg = [f"int8 QAT (from PTQ): {d_fp:+z.2f} points of test accuracy vs FP32 ({'meets' if d_fp >= -0.2 else 'misses'} the target of at most "
-       f"0.2 below; {results.span(d_lrs, '{:+z.2f}', ' to ')} over the learning rates {', '.join(own8['lr'])}, "
+       f"0.2 below; {results.span(d_lrs, '{:+.2f}', ' to ')} over the learning rates {', '.join(own8['lr'])}, "
        f"{(r_qat8_std['accuracy'] - ref.fp['accuracy']) * 100:+z.2f} with the standard recipe), {r_qat8['size_mb']:.2f} MB ({'meets' if r_qat8['size_mb'] <= 11.5 else 'misses'} at most 11.5), "
        f"{sp8:.1f}x FP32's throughput in this chapter's timing, {tl8_text} ("
        + (f"{'meets' if sp8_tl['quiet'] >= 3.5 else 'misses'} at least 3.5x on the quiet machine" if tl8s["quiet_ok"] else
@@ -1168,10 +1169,10 @@ if w2a8:
 msg.append(f"{held_config} distilled on half of the validation tracks (a test, not a result): {r_t:.0%} of the loss recovered on the test split")
 display(Markdown("**Targets (measured):** " + "; ".join(msg) + f". Chapter time: {(time.time() - t_chapter) / 60:.1f} min."))
 answer = (f"**When is QAT worth it here?** At 8 bits it buys nothing: PTQ is within noise of FP32. With low-bit weights or "
-          f"4-bit activations, a minute of LSQ moves held-out agreement by {results.span(gain.values(), '{:+z.2f}', ' to ')} points "
-          f"and the KL to FP32 by {results.span(dkl.values(), '{:+z.0%}', ' to ')}" +
+          f"4-bit activations, a minute of LSQ moves held-out agreement by {results.span(gain.values(), '{:+.2f}', ' to ')} points "
+          f"and the KL to FP32 by {results.span(dkl.values(), '{:+.0%}', ' to ')}" +
           (f" — at their best temperatures PTQ and QAT are within {scale_gap:.0%}: a change of the logits' scale" if scale_only else "") +
-          (f"; the spread of the margin error that decides answers changes by {results.span(ch.noise, '{:+z.0%}', ' to ')}"
+          (f"; the spread of the margin error that decides answers changes by {results.span(ch.noise, '{:+.0%}', ' to ')}"
            if has_unsure else "") + "; ")
 if cuts:
     answer += ("the number of answers a model turns follows the spread of that error, and half of the loss would take "

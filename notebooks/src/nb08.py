@@ -76,13 +76,12 @@ if bench.discover(vdir):
     if len(e8) and "fp32" in set(bdf["variant"]):
         fp_b = bdf.set_index("variant").loc["fp32"]
         cold_extra = bdf["ms_cold"] / bdf["ms_per_batch"] - 1   # how much longer a cold batch takes than a warm one
-        # Signed figures print with Python's "z" option ("{:+z.0%}", PEP 682): one that rounds to zero reads +0%, not -0%.
         display(Markdown(f"The variants hold {bdf['memory_mb'].sum():.0f} MB of weights in memory"
                          + (f", the CPU's L3 cache is {l3:.0f} MB" if l3 else "") + f". Warm, the int8-engine variants run "
                          f"**{results.span(e8['speedup_vs_fp32'])}x** faster than FP32; cold, "
                          f"**{results.span(e8['speedup_cold'])}x** (FP32 {fp_b['ms_per_batch']:.0f} ms "
                          f"warm, {fp_b['ms_cold']:.0f} ms cold). A cold batch takes "
-                         f"{results.span(cold_extra, '{:+z.0%}', ' to ')} "
+                         f"{results.span(cold_extra, '{:+.0%}', ' to ')} "
                          "longer than a warm one of the same variant, against a spread of "
                          f"{results.span(bdf['spread'])} (slowest over fastest warm batch) within each."))
 else:
@@ -133,9 +132,11 @@ if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
     else:
         slow = {k: v["loaded"] / v["quiet"] for k, v in ms_.items()}  # how much longer each takes when the machine is loaded
         s8 = [slow[k] for k in sp]
+        # Signed figures print with Python's "z" option ("{:+z.0%}", PEP 682): one that rounds to zero reads +0%, not -0%
+        # (results.span drops that minus itself, so its formats need no "z").
         text += (f"In {tls['loaded_rounds']} round(s) the probe took at least {tls['loaded_factor'] - 1:.0%} longer (right of the "
                  f"dashed line; median {ms_['probe']['loaded']:.0f} ms): the machine itself was slower. In those rounds FP32 took "
-                 f"{slow['fp32'] - 1:+z.0%} longer, the int8 variants {results.span([v - 1 for v in s8], '{:+z.0%}', ' to ')}, and the speed-up "
+                 f"{slow['fp32'] - 1:+z.0%} longer, the int8 variants {results.span([v - 1 for v in s8], '{:+.0%}', ' to ')}, and the speed-up "
                  f"was **{results.span([v['loaded'] for v in sp.values()])}x**. ")
         rms = tls["round_ms"]
         if "stolen" in rms and "duration" in rms:  # Linux counts the CPU time the hypervisor gives to others ("steal")
