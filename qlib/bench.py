@@ -56,6 +56,17 @@ def missing(folder: Path, results_folder: Path) -> dict:
     return named
 
 
+def missing_after(folder: Path, results_folder: Path, chapters) -> dict:
+    """The variants ``missing`` from ``folder`` that running ``chapters`` (two-digit numbers:
+    ``["07", "08"]`` or ``"07 08"``) will not save: those no chapter among them recorded. This is
+    what ``make book CHAPTERS=...`` checks before it runs chapter 08, which times the saved files."""
+    chapters = chapters.split() if isinstance(chapters, str) else list(chapters)
+    bad = [c for c in chapters if not (isinstance(c, str) and len(c) == 2 and c.isdigit())]
+    if bad:
+        raise ValueError(f"chapters={chapters!r}: {bad} are not two-digit chapter numbers (expected e.g. '07 08')")
+    return {v: chs for v, chs in missing(folder, results_folder).items() if not any(c[:2] in chapters for c in chs)}
+
+
 def describe_missing(absent: dict, code: bool = False) -> str:
     """``missing``'s answer as a reader reads it: ``variant (chapter/chapter), ...``; ``code``
     sets the variant names in Markdown code."""
@@ -149,7 +160,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--block", type=int, default=4, help="batches per variant per round: the first cold, the rest warm")
     ap.add_argument("--out", default=None, help="JSON output (default: book/results/bench.json, smoke: cache)")
+    ap.add_argument("--check", metavar="CHAPTERS", default=None,
+                    help="time nothing: exit 1, naming them, if variants the results record have no file and the "
+                         "chapters named (\"07 08\") will not save them (make book CHAPTERS=... runs this before chapter 08)")
     a = ap.parse_args(argv)
+    if a.check is not None:
+        return _check(Path(a.variants), cfg, a.check)
     try:
         res = run(a.variants, a.batch_size, a.threads, a.image_size, a.rounds, block=a.block)
     except ValueError as e:
@@ -167,6 +183,24 @@ def main(argv=None) -> int:
     out = write_json(res, Path(a.out) if a.out else recorded / "bench.json")
     print(f"wrote {out}")
     return 0
+
+
+def _check(folder: Path, cfg, chapters: str) -> int:
+    from .results import results_dir
+
+    try:
+        absent = missing_after(folder, results_dir(cfg), chapters)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not absent:
+        return 0
+    need = sorted({c[:2] for chs in absent.values() for c in chs} | set(chapters.split()))
+    print(f"!! chapter 08 times the variant files the chapters save in {folder}, and {len(absent)} that the results "
+          f"record are not there: {describe_missing(absent)}. Run without them, it would leave their rows without a "
+          f"speed-up in the book and in the README's table. Run their chapters too: make book CHAPTERS=\"{' '.join(need)}\" "
+          f"(or set MISSING_OK=1 to run chapter 08 anyway).", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -66,3 +66,32 @@ def test_command_line_says_which_recorded_variants_it_cannot_time(tmp_path, monk
     err = capsys.readouterr().err
     assert "awq_w4 (05_awq)" in err and "not timed" in err
     assert [r["variant"] for r in json.loads(out.read_text())["rows"]] == ["fp32"]
+
+
+def test_missing_after_leaves_out_what_the_chapters_to_run_will_save(tmp_path):
+    (tmp_path / "v").mkdir()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "04_gptq.json").write_text(json.dumps([{"variant_file": "gptq_w2"}]))
+    (tmp_path / "r" / "07_qat.json").write_text(json.dumps([{"variant_file": "lsq_w4a4"}]))
+    assert bench.missing_after(tmp_path / "v", tmp_path / "r", "08") == {"gptq_w2": ["04_gptq"], "lsq_w4a4": ["07_qat"]}
+    assert bench.missing_after(tmp_path / "v", tmp_path / "r", "07 08") == {"gptq_w2": ["04_gptq"]}
+    assert bench.missing_after(tmp_path / "v", tmp_path / "r", ["04", "07", "08"]) == {}
+    with pytest.raises(ValueError, match=r"\['8'\] are not two-digit chapter numbers"):
+        bench.missing_after(tmp_path / "v", tmp_path / "r", "07 8")
+
+
+def test_check_fails_naming_the_missing_files_and_the_chapters_to_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("QLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("QLIB_RESULTS", str(tmp_path / "r"))
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "05_awq.json").write_text(json.dumps([{"variant_file": "awq_w4"}]))
+    assert bench.main(["--check", "08"]) == 1
+    err = capsys.readouterr().err
+    assert "awq_w4 (05_awq)" in err and 'make book CHAPTERS="05 08"' in err and "MISSING_OK=1" in err
+    assert bench.main(["--check", "05 08"]) == 0          # chapter 05 will save it
+    vdir = tmp_path / "cache" / "variants"
+    vdir.mkdir(parents=True)
+    export.save(models.resnet18(29), vdir / "awq_w4.safetensors")
+    assert bench.main(["--check", "08"]) == 0             # the file is there
+    assert bench.main(["--check", "8"]) == 2 and "two-digit" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "bench.json").exists()   # a check times nothing and writes nothing
