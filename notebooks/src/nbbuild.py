@@ -4,8 +4,17 @@
 """
 import nbformat
 
-def md(src): return nbformat.v4.new_markdown_cell(src.strip("\n"))
-def code(src): return nbformat.v4.new_code_cell(src.strip("\n"))
+def _checked(src):
+    # a backslash sequence in a plain (not raw) string turns "$\\tau$" into a TAB and "au":
+    # a control character in a cell is such a typo, never text (write the string as r"""...""")
+    i = next((i for i, ch in enumerate(src) if ord(ch) < 32 and ch != "\n"), None)
+    if i is not None:
+        raise ValueError(f"cell source holds the control character {src[i]!r} (a backslash escape in a string "
+                         f"that is not raw?) at: {src[max(0, i - 40):i + 20]!r}")
+    return src.strip("\n")
+
+def md(src): return nbformat.v4.new_markdown_cell(_checked(src))
+def code(src): return nbformat.v4.new_code_cell(_checked(src))
 def params(src):
     c = nbformat.v4.new_code_cell(src.strip("\n")); c.metadata["tags"] = ["parameters"]; return c
 
