@@ -92,7 +92,7 @@ def recovery_curves(curves: dict, draws: dict | None = None, target: float = 0.5
     return fig
 
 
-def qat_vs_ptq(df, title: str = "What training buys: agreement with FP32, PTQ vs QAT"):
+def qat_vs_ptq(df, title: str = "What training buys: disagreement with FP32 (lower is better), PTQ vs QAT"):
     """Grouped bars: ``df`` with columns config, kind ("PTQ"/"QAT"), agreement; each bar is the
     loss in agreement (1 - agreement, in %) that QAT must win back, on a linear axis from 0 so
     that bar lengths compare."""
@@ -106,7 +106,7 @@ def qat_vs_ptq(df, title: str = "What training buys: agreement with FP32, PTQ vs
         xs = np.arange(len(configs)) + (j - (len(kinds) - 1) / 2) * w
         ax.bar(xs, [(1 - v) * 100 for v in vals], w, label=k, color=colors.get(k))
         for x, v in zip(xs, vals):
-            ax.annotate(f"{v:.2%}", (x, (1 - v) * 100), ha="center", va="bottom", fontsize=7)
+            ax.annotate(f"{1 - v:.2%}", (x, (1 - v) * 100), ha="center", va="bottom", fontsize=7)  # what the bar shows
     ax.set_xticks(range(len(configs)), configs)
     ax.set_ylabel("disagreement with FP32 (%)")
     ax.set_ylim(0, None)
