@@ -326,10 +326,12 @@ def stolen_ms():
 
 @torch.inference_mode()
 def timeline(models: dict, seconds: float = 30.0, image_size: int = 64, batch_size: int = 64, threads: int = 2,
-             per_round: int = 3, probe_size: int = 1024, seed: int = 0, progress: bool = False) -> dict:
+             per_round: int = 3, probe_size: int = 1024, seed: int = 0, progress: bool = False,
+             min_rounds: int = 2) -> dict:
     """How the machine's speed moves while ``models`` run, and how much each model feels it.
 
-    Rounds follow each other until ``seconds`` have passed. In each, every model runs
+    Rounds follow each other until ``seconds`` have passed and at least ``min_rounds`` have run
+    (``timeline_speedups`` needs two: a short timeline on a slow machine still gives them). In each, every model runs
     ``per_round`` batches back to back (their median is the model's time in that round: warm, as
     a model serving alone), then a **probe** runs: five products of a fixed ``probe_size``-square
     FP32 matrix, whose time depends on nothing but the machine. On a shared machine (virtual
@@ -342,9 +344,9 @@ def timeline(models: dict, seconds: float = 30.0, image_size: int = 64, batch_si
 
     if not isinstance(models, dict) or not models:
         raise ValueError(f"models={models!r}: expected a non-empty dict {{name: model}}")
-    if not seconds > 0 or per_round < 1 or batch_size < 1 or threads < 1 or probe_size < 1:
+    if not seconds > 0 or per_round < 1 or batch_size < 1 or threads < 1 or probe_size < 1 or min_rounds < 1:
         raise ValueError(f"seconds={seconds}, per_round={per_round}, batch_size={batch_size}, threads={threads}, "
-                         f"probe_size={probe_size}: expected seconds > 0 and the others >= 1")
+                         f"probe_size={probe_size}, min_rounds={min_rounds}: expected seconds > 0 and the others >= 1")
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, 3, image_size, image_size, generator=g)
     a = torch.randn(probe_size, probe_size, generator=g)
@@ -359,7 +361,7 @@ def timeline(models: dict, seconds: float = 30.0, image_size: int = 64, batch_si
         a @ a
         bar = tqdm(total=round(seconds), desc="timeline", unit="s", disable=not progress)
         start = time.perf_counter()
-        while (now := time.perf_counter() - start) < seconds:
+        while (now := time.perf_counter() - start) < seconds or len(out["t"]) < min_rounds:
             out["t"].append(now)
             steal0 = stolen_ms()
             for name, m in models.items():

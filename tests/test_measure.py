@@ -306,6 +306,20 @@ def test_timeline_times_every_model_and_the_probe_in_each_round():
         measure.timeline({"a": torch.nn.Identity()}, seconds=0)
     with pytest.raises(ValueError, match="expected a non-empty dict"):
         measure.timeline({})
+    with pytest.raises(ValueError, match="min_rounds=0"):
+        measure.timeline({"a": torch.nn.Identity()}, min_rounds=0)
+
+
+def test_timeline_runs_its_minimum_rounds_when_the_time_is_too_short_for_them():
+    class Sleeper(torch.nn.Module):  # one batch outlasts the whole time asked: without min_rounds, one round
+        def forward(self, x):
+            time.sleep(0.02)
+            return x
+
+    tl = measure.timeline({"slow": Sleeper()}, seconds=0.01, image_size=8, batch_size=2, threads=1, per_round=1,
+                          probe_size=32, min_rounds=3)
+    assert len(tl["t"]) == 3 and tl["t"][1] > 0.01  # the later rounds start after the time asked
+    assert measure.timeline_speedups({**tl, "ms": {"ref": tl["ms"]["slow"], "slow": tl["ms"]["slow"]}}, "ref")["rounds"] == 3
 
 
 def test_stolen_ms_reads_the_hypervisors_count_or_none(monkeypatch, tmp_path):
