@@ -16,7 +16,7 @@ def _checked(src):
 def md(src): return nbformat.v4.new_markdown_cell(_checked(src))
 def code(src): return nbformat.v4.new_code_cell(_checked(src))
 def params(src):
-    c = nbformat.v4.new_code_cell(src.strip("\n")); c.metadata["tags"] = ["parameters"]; return c
+    c = nbformat.v4.new_code_cell(_checked(src)); c.metadata["tags"] = ["parameters"]; return c
 
 def write(path, cells):
     nb = nbformat.v4.new_notebook()
