@@ -1,7 +1,9 @@
 """ResNet-18 factory, training, evaluation and the cached baseline."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import time
@@ -53,7 +55,10 @@ def resnet18(num_classes: int, pretrained: bool = False) -> torch.nn.Module:
     if pretrained:
         weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
         try:
-            model = torchvision.models.resnet18(weights=weights)
+            # torch.hub writes 'Downloading: <url> to <local cache path>' to stdout before it
+            # tries: keep that (and the progress bar) out of the book; the note below says it all
+            with contextlib.redirect_stdout(io.StringIO()):
+                model = torchvision.models.resnet18(weights=weights, progress=False)
         except Exception as e:  # offline: URLError / OSError / RuntimeError from the hub
             print(f"Note: ImageNet weights for ResNet-18 could not be loaded ({type(e).__name__}); "
                   "training from scratch instead.")

@@ -7,6 +7,11 @@ import numpy as np
 from .plots import PALETTE
 
 
+def short(name: str, n: int) -> str:
+    """``name`` cut to at most ``n`` characters, an ellipsis marking a cut."""
+    return name if len(name) <= n else name[:n - 1].rstrip() + "…"
+
+
 # --------------------------------------------------------------------------------------
 # Chapter 01: data
 # --------------------------------------------------------------------------------------
@@ -38,7 +43,7 @@ def class_distribution(splits):
     import pandas as pd
     import seaborn as sns
 
-    rows = [{"class": f"{c}: {splits.classes[c][:28]}", "split": name, "images": int(n)}
+    rows = [{"class": f"{c}: {short(splits.classes[c], 28)}", "split": name, "images": int(n)}
             for name, s in splits for c, n in enumerate(np.bincount(s.labels.numpy(), minlength=splits.num_classes))]
     fig, ax = plt.subplots(figsize=(7.5, 7))
     sns.barplot(data=pd.DataFrame(rows), y="class", x="images", hue="split", ax=ax, orient="h")
@@ -107,7 +112,7 @@ def confusion(conf, classes, title="Confusion matrix (test split, rows: true cla
     sns.heatmap(norm * 100, ax=ax, cmap="Blues", vmin=0, vmax=100, square=True,
                 cbar_kws={"label": "% of the true class"},
                 xticklabels=[str(i) for i in range(len(classes))],
-                yticklabels=[f"{i}: {c[:24]}" for i, c in enumerate(classes)])
+                yticklabels=[f"{i}: {short(c, 24)}" for i, c in enumerate(classes)])
     ax.tick_params(axis="y", labelsize=7)
     ax.tick_params(axis="x", labelsize=7)
     ax.set_xlabel("predicted class")
@@ -119,7 +124,7 @@ def per_class_accuracy(per_class, classes, title="Per-class accuracy (test split
     vals = np.asarray(per_class) * 100
     fig, ax = plt.subplots(figsize=(7.5, 6))
     order = np.argsort(vals)
-    ax.barh([f"{i}: {classes[i][:28]}" for i in order], vals[order], color=PALETTE["rtn"])
+    ax.barh([f"{i}: {short(classes[i], 28)}" for i in order], vals[order], color=PALETTE["rtn"])
     ax.set_xlim(max(0, vals.min() - 5), 100.5)
     ax.set_xlabel("top-1 accuracy (%)")
     ax.tick_params(axis="y", labelsize=7)

@@ -25,7 +25,9 @@ def quantizer_staircase(bits: int = 3, amax: float = 1.0):
         zero = 0.0 if sym else round(-lo / scale)
         q = torch.clamp(torch.round(x / scale) + zero, qmin, qmax)
         y = dequantize_codes(q.reshape(-1, 1), torch.tensor([[scale]]), torch.tensor([[zero]])).flatten()
-        name = f"symmetric [-{amax:g}, {amax:g}]" if sym else f"asymmetric [{lo:g}, {amax:g}]"
+        # symmetric codes [-2^(b-1), 2^(b-1) - 1] hold one more negative level than positive ones,
+        # so the levels run from -(2^(b-1)) * scale to (2^(b-1) - 1) * scale: name max|w|, not a range
+        name = f"symmetric, max|w| = {amax:g}" if sym else f"asymmetric [{lo:g}, {amax:g}]"
         a.plot(x, y, color=color, label=name)
         b.plot(x, (y - x) / scale, color=color, label=name)
     a.plot(x, x, color="k", lw=0.6, ls=":")
@@ -48,7 +50,8 @@ def granularity_errors(df):
 
     fig, ax = plt.subplots(figsize=(11, 3.6))
     sns.barplot(data=df, x="layer", y="error", hue="granularity", ax=ax)
-    ax.set_yscale("log")
+    ax.set_ylim(bottom=0)  # bars from zero, so their heights compare
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # beside the bars
     ax.set_ylabel(r"$\|W - Q(W)\|_F / \|W\|_F$")
     ax.set_xlabel("")
     ax.tick_params(axis="x", rotation=90, labelsize=7)
@@ -80,9 +83,14 @@ def weight_distributions(model, max_layers: int = 21):
     return fig
 
 
+def _stat_name(key: str) -> str:
+    """How the figures name an ``input_stats`` key: "max|X|", "mean|X|"."""
+    return {"absmax": "max|X|", "absmean": "mean|X|"}.get(key, key)
+
+
 def outlier_heatmap(stats: dict, key: str = "absmax", max_channels: int = 512):
-    """Per-channel input magnitude of every conv/linear, each layer normalised by its median
-    channel, channels sorted: a bright stripe would be an outlier channel."""
+    """Per-channel input magnitude (``key`` of ``stats``) of every conv/linear, each layer
+    normalised by its median channel, channels sorted: a bright stripe would be an outlier channel."""
     names = list(stats)
     mat = np.full((len(names), max_channels), np.nan)
     for i, n in enumerate(names):
@@ -90,25 +98,28 @@ def outlier_heatmap(stats: dict, key: str = "absmax", max_channels: int = 512):
         v = np.sort(v / max(np.median(v), 1e-12))[::-1][:max_channels]
         mat[i, :len(v)] = v
     fig, ax = plt.subplots(figsize=(11, 5))
-    im = ax.imshow(np.log10(np.maximum(mat, 1e-3)), aspect="auto", cmap="magma", vmin=-1, vmax=2)
+    im = ax.imshow(np.log10(np.maximum(mat, 1e-3)), aspect="auto", cmap="magma", vmin=-1, vmax=2,
+                   interpolation="nearest")
+    ax.grid(False)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xlabel("input channels, sorted by magnitude (largest left)")
     cb = fig.colorbar(im, ax=ax)
-    cb.set_label(r"$\log_{10}$(channel max|X| / median channel)")
-    ax.set_title("Where are the outliers? Input channel magnitude per layer (100x = 2 on this scale)")
+    cb.set_label(rf"$\log_{{10}}$(channel {_stat_name(key)} / median channel)")
+    ax.set_title(f"Where are the outliers? Input channel {_stat_name(key)} per layer (100x = 2 on this scale)")
     return fig
 
 
 def outlier_ratio(stats: dict, key: str = "absmax", llm_ratio: float = 100.0):
-    """Largest / median input channel per layer, beside the LLM case (a few channels ~100x)."""
+    """Largest / median input channel per layer, beside the LLM case (SmoothQuant paper: a few
+    channels' max|X| ~100x the median)."""
     names = list(stats)
     r = [float(np.max(v) / max(np.median(v), 1e-12)) for v in (np.asarray(stats[n][key], dtype=float) for n in names)]
     fig, ax = plt.subplots(figsize=(11, 3.4))
-    ax.bar(range(len(names)), r, color=PALETTE["smoothquant"])
-    ax.axhline(llm_ratio, color=PALETTE["gptq"], ls="--", label=f"LLM activations (SmoothQuant paper): ~{llm_ratio:g}x")
+    ax.bar(range(len(names)), r, color=PALETTE["smoothquant"], label=f"this network: {_stat_name(key)}")
+    ax.axhline(llm_ratio, color=PALETTE["gptq"], ls="--", label=f"LLM activations, max|X| (SmoothQuant paper): ~{llm_ratio:g}x")
     ax.set_yscale("log")
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    ax.set_ylabel("max channel / median channel")
+    ax.set_ylabel(f"largest / median channel\n({_stat_name(key)})")
     ax.set_title("Activation outlier ratio per layer: ResNet-18 on traffic signs vs an LLM")
     ax.legend()
     return fig, r
@@ -257,7 +268,9 @@ def awq_grids(seed_q, seed_fp, result, seed_label: str = "agreement with FP32 (%
     fig.colorbar(im, ax=axes[:2].tolist(), label=seed_label, shrink=0.9)
     keys = list(result.errors)
     mat = np.array([np.asarray(result.errors[k]) / max(result.errors[k][0], 1e-30) for k in keys])
-    im2 = axes[2].imshow(np.log2(mat), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    lg = np.log2(np.maximum(mat, 1e-30))
+    lim = max(float(np.nanmax(np.abs(lg[np.isfinite(lg)]), initial=0.0)), 0.05)  # colours scaled to the data, 0 (= RTN) white
+    im2 = axes[2].imshow(lg, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
     axes[2].set_yticks(range(len(keys)), keys, fontsize=7)
     axes[2].set_xticks(range(len(result.alphas))[::2], [f"{a:.2f}" for a in result.alphas[::2]], fontsize=7)
     for i, k in enumerate(keys):
@@ -269,19 +282,32 @@ def awq_grids(seed_q, seed_fp, result, seed_label: str = "agreement with FP32 (%
     return fig
 
 
-def awq_layer_errors(df):
+def awq_layer_errors(df, kept8: dict | None = None):
     """Per layer, output error on the calibration inputs: RTN vs AWQ, one panel per setting
-    (DataFrame columns: layer, setting, rtn, awq)."""
+    (DataFrame columns: layer, setting, rtn, awq). ``kept8``: {setting: layers kept at 8 bits},
+    drawn as hollow markers and left out of that panel's y range (their error is orders of
+    magnitude below the rest)."""
     settings = list(dict.fromkeys(df["setting"]))
-    fig, axes = plt.subplots(1, len(settings), figsize=(3.6 * len(settings), 3.4), sharey=False, squeeze=False)
+    kept8 = kept8 or {}
+    fig, axes = plt.subplots(1, len(settings), figsize=(3.6 * len(settings), 3.6), sharey=False, squeeze=False)
     for ax, st in zip(axes[0], settings):
         d = df[df["setting"] == st]
         x = np.arange(len(d))
-        ax.plot(x, d["rtn"], "o-", ms=3, color=PALETTE["rtn"], label="RTN")
-        ax.plot(x, d["awq"], "o-", ms=3, color=PALETTE["awq"], label="AWQ")
+        k8 = d["layer"].isin(list(kept8.get(st, ()))).to_numpy()
+        for col, name in (("rtn", "RTN"), ("awq", "AWQ")):
+            y = d[col].to_numpy(dtype=float)
+            ax.plot(x, np.where(k8, np.nan, y), "o-", ms=3, color=PALETTE[col], label=name)
         ax.set_yscale("log")
-        ax.set_xticks(x, d["layer"], rotation=90, fontsize=6)
-        ax.set_title(st, fontsize=9)
+        if k8.any() and (~k8).any():
+            lo, hi = np.nanmin(d.loc[~k8, ["rtn", "awq"]].to_numpy(dtype=float)), np.nanmax(d.loc[~k8, ["rtn", "awq"]].to_numpy(dtype=float))
+            ax.set_ylim(lo / 1.6, hi * 1.6)
+            for i in np.flatnonzero(k8):  # the 8-bit layers: a hollow marker at the bottom edge, off the scale
+                ax.plot(x[i], lo / 1.45, "v", ms=5, mfc="none", color="#555555")
+            ax.set_title(f"{st}\n({', '.join(d.loc[k8, 'layer'])} at 8 bits: hollow, off scale)", fontsize=9)
+        else:
+            ax.set_title(st, fontsize=9)
+        ax.set_xticks(x, d["layer"], rotation=90, fontsize=7)
+        ax.tick_params(axis="y", labelsize=8)
     axes[0, 0].set_ylabel("output NMSE (calibration)")
     axes[0, 0].legend(fontsize=8)
     fig.suptitle("Precomputed: per-layer output error, RTN vs AWQ", y=1.02)
@@ -296,25 +322,31 @@ def awq_layer_errors(df):
 def smoothing_heatmaps(stats: dict, scales, layers, max_channels: int = 512):
     """Per-channel input max|X| of a few layers before and after smoothing (``scales`` from
     ``smoothquant.search``), each row normalised by its median channel, channels in their
-    original order: outlier channels are bright stripes; smoothing flattens them."""
+    original order: outlier channels are bright stripes; smoothing flattens them. One colour
+    scale for both panels, symmetric around the median (0) and scaled to the data."""
     after = {n: stats[n]["absmax"].float().clone() for n in layers}
     for key, cons in scales.consumers.items():
         for c in cons:
             if c in after:
                 after[c] = after[c] / scales.scales[key]
-    fig, axes = plt.subplots(2, 1, figsize=(11, 1.0 + 0.45 * len(layers) * 2), sharex=True)
-    for ax, (title, vals) in zip(axes, (("before", {n: stats[n]["absmax"].float() for n in layers}),
-                                        ("after", after))):
+    alphas = ", ".join(sorted({f"{a:g}" for a in scales.alpha.values()}))
+    panels = (("before smoothing: the baseline's inputs", {n: stats[n]["absmax"].float() for n in layers}),
+              (f"after smoothing (alpha {alphas}, mode {scales.mode!r})", after))
+    mats = []
+    for _, vals in panels:
         mat = np.full((len(layers), max_channels), np.nan)
         for i, n in enumerate(layers):
             v = vals[n].numpy().astype(float)[:max_channels]
             mat[i, :len(v)] = v / max(np.median(v), 1e-12)
-        im = ax.imshow(np.log10(np.maximum(mat, 1e-2)), aspect="auto", cmap="magma", vmin=-1, vmax=1.5,
-                       interpolation="nearest")
+        mats.append(np.log10(np.maximum(mat, 1e-2)))
+    finite = np.concatenate([m[np.isfinite(m)] for m in mats])
+    lim = max(float(np.abs(finite).max(initial=0.0)), 0.05)
+    fig, axes = plt.subplots(2, 1, figsize=(11, 1.0 + 0.45 * len(layers) * 2), sharex=True)
+    for ax, (title, _), mat in zip(axes, panels, mats):
+        im = ax.imshow(mat, aspect="auto", cmap="magma", vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.grid(False)
         ax.set_yticks(range(len(layers)), layers, fontsize=7)
-        ax.set_title(f"{title} smoothing (alpha per layer: "
-                     f"{', '.join(sorted({f'{a:g}' for a in scales.alpha.values()}))}, mode {scales.mode!r})",
-                     fontsize=9)
+        ax.set_title(title, fontsize=9)
     axes[-1].set_xlabel("input channel (original order)")
     cb = fig.colorbar(im, ax=list(axes))
     cb.set_label(r"$\log_{10}$(channel max|X| / median)")
@@ -338,20 +370,30 @@ def alpha_sweep(df, baseline, fp_acc: float, modes=("shared",)):
             ax.axhline(fp_acc * 100, color="k", ls=":", lw=0.8, label="FP32")
         ax.set_xlabel(r"migration strength $\alpha$")
         ax.set_ylabel({"accuracy": "test accuracy (%)", "agreement": "top-1 agreement with FP32 (%)"}[y])
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    key = {}  # one key for both panels: the FP32 line is drawn on the accuracy panel only
+    for ax in axes[::-1]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            key.setdefault(lab, h)
+    axes[1].legend(list(key.values()), list(key), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.tight_layout()
     return fig
 
 
-def size_speed(df, title: str = "Size and speed on the int8 engine (label: test accuracy)"):
+def size_speed(df, title: str | None = None, xlabel: str = "file size (MB, log)"):
     """Each int8-engine variant at its file size (log) and throughput, labelled with its name and
-    test accuracy (``df``: rows with variant, size_mb, images_per_s, accuracy, and a colour
-    key in ``color``). The labels are spread off the points and each other: the 11 MB int8
-    variants lie on top of one another."""
+    test accuracy, and its agreement with FP32 where ``df`` has an ``agreement`` column (``df``:
+    rows with variant, size_mb, images_per_s, accuracy, and a colour key in ``color``). The
+    labels are spread off the points and each other: the 11 MB int8 variants lie on top of one
+    another."""
+    agr = "agreement" in df.columns
+    if title is None:
+        title = "Size and speed on the int8 engine (label: test accuracy" + (", agreement with FP32)" if agr else ")")
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     marks = [ax.scatter(r["size_mb"], r["images_per_s"], s=60, color=PALETTE.get(r["color"], "#555555"), zorder=3)
              for _, r in df.iterrows()]
-    texts = [ax.text(r["size_mb"], r["images_per_s"], f"{r['variant']}\n{r['accuracy']:.2%}", fontsize=7)
+    texts = [ax.text(r["size_mb"], r["images_per_s"],
+                     f"{r['variant']}\n" + (f"acc. {r['accuracy']:.2%}, agr. {r['agreement']:.2%}" if agr else f"{r['accuracy']:.2%}"),
+                     fontsize=7)
              for _, r in df.iterrows()]
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -359,7 +401,7 @@ def size_speed(df, title: str = "Size and speed on the int8 engine (label: test 
     ax.set_xticks([2, 3, 5, 10, 20, 45])
     lo, hi = df["images_per_s"].min(), df["images_per_s"].max()
     ax.set_ylim(lo - 0.25 * (hi - lo), hi + 0.3 * (hi - lo))  # room for the labels inside the axes
-    ax.set_xlabel("file size (MB, log)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("images / s (batch 64, 2 threads)")
     ax.set_title(title)
     fig.tight_layout()

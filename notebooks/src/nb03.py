@@ -24,7 +24,8 @@ $\Delta = 2\,\max|w| / (2^b - 1)$. *Asymmetric* (unsigned codes $q \in [0, 2^b-1
 $\Delta = (\max w - \min w)/(2^b-1)$ and $z = \lfloor -\min w / \Delta \rceil$. Inside the range
 the rounding error is at most $\Delta/2$; outside it, values are clipped. Shrinking the range
 (*clipping*, ratio $c<1$) trades clipping error on a few large weights for a finer step on all
-the others; `range="mse"` searches $c$ per channel to minimise $\sum |w-\hat w|^{2.4}$.
+the others; `range="mse"` searches $c$ per channel (or group, or tensor) to minimise
+$\sum |w-\hat w|^{2.4}$, the exponent of GPTQ's reference quantizer (`qlib.quant.MSE_NORM`).
 
 ## Granularity
 
@@ -66,12 +67,15 @@ calib_x, calib_idx = calib.sample(splits, cfg.calib_size, cfg.seed)
 ref = measure.Reference(fp, splits, fidelity_limit=fidelity_limit)
 print(f"FP32: test accuracy {ref.fp['accuracy']:.2%}; fidelity set (validation + test, held out) {ref.fp['n_fidelity']} images")
 """),
-md("""
+md(r"""
 ## The quantizer as a figure
 
-A 3-bit quantizer, symmetric and asymmetric: the staircase $\\hat w(w)$ and its error in units of
+A 3-bit quantizer, symmetric and asymmetric: the staircase $\hat w(w)$ and its error in units of
 the step. Inside the range the error stays within half a step; past the range it grows
-linearly (clipping).
+linearly (clipping). The symmetric levels are not centred on zero: the codes
+$[-2^{b-1}, 2^{b-1}-1]$ hold one more negative level than positive ones, so with
+$\Delta = 2\max|w|/(2^b-1)$ the 3-bit levels run from $-4\Delta = -\tfrac{8}{7}\max|w|$ to
+$3\Delta = \tfrac{6}{7}\max|w|$; $\pm\max|w|$ both lie half a step from the outermost level.
 """),
 code("""
 fig = plots_ptq.quantizer_staircase(bits=3)
@@ -100,8 +104,8 @@ display(gran_err.groupby("granularity")["error"].median().rename("median relativ
 md("""
 ## Round-to-nearest on the whole network
 
-Every `Conv2d` and `Linear` quantized with RTN, per-channel and per-tensor, at 8, 6, 4, 3 and 2
-bits; and the common variant that keeps the first conv and the classifier at 8 bits. Size is
+Every `Conv2d` and `Linear` quantized with RTN, per-channel and per-tensor, at each bit width
+of the parameter `bits_list`; and the common variant that keeps the first conv and the classifier at 8 bits. Size is
 the real file written by `qlib.export.save` (packed codes + float16 scales + the float BN
 parameters). Accuracy is on the test split; agreement and KL are measured against the FP32
 model on the *fidelity set*: the validation and test images. They are held out — the FP model
@@ -131,6 +135,37 @@ plots.bits_sweep(rtn_df, y="agreement", hue="variant", ax=axes[0], title="RTN: a
 plots.bits_sweep(rtn_df, y="accuracy", hue="variant", ax=axes[1], title="RTN: test accuracy")
 axes[1].axhline(ref.fp["accuracy"] * 100, color="k", ls=":", label="FP32"); axes[1].legend(fontsize=7)
 fig.tight_layout()
+"""),
+code("""
+plain = rtn_df[rtn_df.keep_8bit.str.len() == 0].pivot(index="bits", columns="granularity",
+                                                       values=["accuracy", "agreement", "kl"])
+low = sorted((b for b in plain.index if b <= 4), reverse=True) or sorted(plain.index, reverse=True)
+def pair_txt(metric, b, fmt):
+    return f"W{b}: {fmt(plain.loc[b, (metric, 'channel')])} vs {fmt(plain.loc[b, (metric, 'tensor')])}"
+better = [b for b in low if plain.loc[b, ("agreement", "channel")] > plain.loc[b, ("agreement", "tensor")]]
+kl_better = all(plain.loc[b, ("kl", "channel")] < plain.loc[b, ("kl", "tensor")] for b in low)
+bits_txt = ", ".join(f"W{b}" for b in low)
+if len(better) == len(low):
+    lead = f"Per-channel scales keep more agreement with FP32 than one per-tensor scale at {bits_txt}"
+elif better:
+    lead = f"Per-channel scales keep more agreement with FP32 than one per-tensor scale at {', '.join(f'W{b}' for b in better)} only"
+else:
+    lead = f"Per-channel scales keep no more agreement with FP32 than one per-tensor scale at {bits_txt}"
+text = (lead + " (per-channel vs per-tensor, " + "; ".join(pair_txt("agreement", b, lambda v: f"{v:.1%}") for b in low)
+        + ")" + (", with a lower KL at each." if kl_better else "."))
+half = (ref.fp["acc_hi"] - ref.fp["acc_lo"]) / 2
+# where accuracy ranks the two granularities otherwise than agreement does
+tensor_acc = {b: plain.loc[b, ("accuracy", "tensor")] > plain.loc[b, ("accuracy", "channel")] for b in low}
+flip = [b for b in low if tensor_acc[b] == (b in better)]
+small = [b for b in low if abs(plain.loc[b, ("accuracy", "tensor")] - plain.loc[b, ("accuracy", "channel")]) < half]
+text += (f" Test accuracy {'ranks them the other way at ' + ', '.join(f'W{b}' for b in flip) if flip else 'ranks them the same way'} ("
+         + "; ".join(pair_txt("accuracy", b, lambda v: f"{v:.2%}") for b in (flip or low)) + "). ")
+text += (f"{'But the' if flip else 'The'} FP32 model's own 95% interval on the test split is ±{half * 100:.1f} points ({ref.fp['n_test']} "
+         f"images, resampled by track): accuracy gaps smaller than that between two variants"
+         + (f" — here at {', '.join(f'W{b}' for b in small)} —" if small else "") + " are not evidence. Agreement "
+         f"and KL compare each variant with FP32's own predictions, image by image, on {ref.fp['n_fidelity']} held-out "
+         "images: they are the metrics to read.")
+display(Markdown(text))
 """),
 md("""
 ## Weight distributions per layer
@@ -167,15 +202,20 @@ code("""
 big = ratio_df[ratio_df["max/median (absmax)"] >= 20]
 display(Markdown(
     f"Largest channel / median channel: median over layers **{np.median(ratios):.1f}x**, largest "
-    f"**{max(ratios):.1f}x** (`{ratio_df.loc[int(np.argmax(ratios)), 'layer']}`); {len(big)} of {len(ratios)} layers "
-    f"reach 20x. In an LLM the ratio is ~100x in the layers that matter."))
+    f"**{max(ratios):.1f}x** (`{ratio_df.loc[int(np.argmax(ratios)), 'layer']}`); "
+    + (f"no layer of {len(ratios)} reaches 20x" if len(big) == 0 else
+       f"{len(big)} of {len(ratios)} layers reach{'es' if len(big) == 1 else ''} 20x")
+    + ". In an LLM the ratio is ~100x in the layers that matter."))
 """),
 md("""
 ## Explore: one layer under the quantizer
 
 In JupyterLab, pick a layer, the bits, the granularity and the range; the panel draws the
-layer's weight histogram with the levels of its first output channel and prints the error. In
-the static book, the figure after it shows the same thing precomputed for every layer.
+layer's weight histogram with the levels of its first output channel and prints the error. The
+static book cannot run it; the figure after it gives a precomputed summary instead: each layer's
+relative weight error against the bits, per tensor and per channel, naming the first conv, the
+classifier, and the other layers with the largest and the smallest error at 4 bits per channel
+(the rest in grey).
 """),
 code("""
 widgets.quantizer_panel(fp);
@@ -190,9 +230,27 @@ for name, m in fp.named_modules():
                 wq = quant.quantize(w, quant.QuantSettings(bits=bits, granularity=gran)).dequantize()
                 err_rows.append({"layer": name, "bits": bits, "granularity": gran, "error": ((w - wq).norm() / w.norm()).item()})
 err_df = pd.DataFrame(err_rows)
-import seaborn as sns
-g = sns.relplot(data=err_df, x="bits", y="error", hue="layer", col="granularity", kind="line", height=3.2, aspect=1.4, legend=False)
-g.set(yscale="log"); g.set_axis_labels("bits", "relative weight error"); g.fig.suptitle("Precomputed: every layer's error vs bits", y=1.03);
+import matplotlib.pyplot as plt
+w4 = err_df[(err_df.bits == 4) & (err_df.granularity == "channel")].set_index("layer")["error"]
+mid = w4.drop(["conv1", "fc"], errors="ignore")
+named = {"conv1": "conv1 (first conv)", mid.idxmax(): f"{mid.idxmax()} (largest W4 error)",
+         mid.idxmin(): f"{mid.idxmin()} (smallest W4 error)", "fc": "fc (classifier)"}
+named = {k: v for k, v in named.items() if k in w4.index}
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), sharey=True)
+for ax, gran in zip(axes, ("tensor", "channel")):
+    d = err_df[err_df.granularity == gran]
+    for layer, dl in d.groupby("layer", sort=False):
+        if layer not in named:
+            ax.plot(dl["bits"], dl["error"], color="0.75", lw=0.8, zorder=1)
+    for i, (layer, label) in enumerate(named.items()):
+        dl = d[d.layer == layer]
+        ax.plot(dl["bits"], dl["error"], color=f"C{i}", lw=1.6, marker="o", ms=3, label=label, zorder=2)
+    ax.set_yscale("log"); ax.set_xlabel("bits"); ax.set_title(f"per-{gran}")
+axes[0].set_ylabel("relative weight error")
+axes[1].plot([], [], color="0.75", lw=0.8, label=f"the other {len(w4) - len(named)} layers")
+axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+fig.suptitle("Precomputed: each layer's weight error vs bits")
+fig.tight_layout()
 """),
 md("""
 ## What must hold
