@@ -346,13 +346,16 @@ coll_txt = (" RTN+clip collapses (agreement below 25%) at " + " and ".join(
     f"one class for {top_share(models_by[('RTN+clip (mse)', b, gr)]):.0%} of the fidelity images)" for b, gr in collapsed) + "."
     if collapsed else "")
 beat_span = results.span(awq_vs_mse, "{:+z.2f}", " to ")
-beat = ("AWQ beats it at every per-channel bit width" if min(awq_vs_mse) > 0 else
-        f"AWQ beats it at {sum(v > 0 for v in awq_vs_mse)} of {len(pcs)} per-channel bit widths")
+n_beat = sum(v > 0 for v in awq_vs_mse)
+beat = ("AWQ beats it at every per-channel bit width" if n_beat == len(pcs) else
+        "AWQ beats it at none of the per-channel bit widths" if n_beat == 0 else
+        f"AWQ beats it at {n_beat} of {len(pcs)} per-channel bit widths")
+why = ("but look where AWQ's own gain comes from" if n_beat else "and its two searches show why")
 display(Markdown(
     f"**Does AWQ beat RTN with clipping here?** With *weight-error* clipping (`range=\\"mse\\"`), RTN {verdict} "
     f"({mse_vs_rtn:+z.2f} points of agreement on average over them"
     + (f"; {np.mean(rest):+z.2f} without the collapsed " + ", ".join(f"W{b}" for b in coll_pc) if coll_pc and rest else "")
-    + f").{coll_txt} {beat} ({beat_span} points of agreement); but look where AWQ's own gain comes from. "
+    + f").{coll_txt} {beat} ({beat_span} points of agreement); {why}. "
     + (f"The scale search alone lowers the median layer's output error by a factor {sc_gain:.2f}" if round(sc_gain, 2) > 1 else
        f"The scale search alone leaves the median layer's output error where RTN has it (ratio {sc_gain:.2f})")
     + f" and moves agreement by {so_vs_rtn * 100:+z.2f} points on average — the largest mean|X| channel is "
