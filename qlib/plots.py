@@ -63,7 +63,8 @@ def bits_sweep(df, y="agreement", hue="method", title=None, ax=None, ylim=None):
         fig = ax.figure
     d = df.copy()
     d[y] = d[y] * 100 if y in ("agreement", "accuracy", "test_agreement") else d[y]
-    sns.lineplot(data=d, x="bits", y=y, hue=hue, marker="o", ax=ax)
+    palette = {m: _method_color(m) for m in d[hue].unique()} if hue == "method" else None  # as in tradeoff
+    sns.lineplot(data=d, x="bits", y=y, hue=hue, marker="o", ax=ax, palette=palette)
     ax.set_xticks(sorted(d["bits"].unique()))
     ax.set_xlabel("weight bits")
     ax.set_ylabel({"agreement": "top-1 agreement with FP32 (%)", "accuracy": "test accuracy (%)",
@@ -219,10 +220,14 @@ def latency_bars(rows, title: str = ""):
     d = pd.DataFrame(rows).sort_values("ms_per_batch", ascending=False).reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(d) + 1.4))
     y = np.arange(len(d))
-    ax.barh(y + 0.2, d["ms_cold"], height=0.4, color="#bbbbbb", label="cold: first batch after the other variants")
-    ax.barh(y - 0.2, d["ms_per_batch"], height=0.4,
-            color=[PALETTE["int8"] if e == "int8 engine" else PALETTE["fp32"] for e in d["engine"]],
-            label="warm: batches 2, 3, ... back to back")
+    from matplotlib.patches import Patch
+
+    ax.barh(y + 0.2, d["ms_cold"], height=0.4, color="#bbbbbb")
+    int8 = d["engine"] == "int8 engine"
+    ax.barh(y - 0.2, d["ms_per_batch"], height=0.4, color=[PALETTE["int8"] if e else PALETTE["fp32"] for e in int8])
+    handles = [Patch(color=PALETTE[k], label=f"warm, {name}: batches 2, 3, ... back to back")
+               for k, name, present in (("int8", "int8 engine", int8.any()), ("fp32", "float32", (~int8).any())) if present]
+    handles.append(Patch(color="#bbbbbb", label="cold: first batch after the other variants"))
     for i, r in d.iterrows():
         if pd.notna(r.get("speedup_vs_fp32")):
             ax.text(r["ms_cold"], i + 0.2, f" {r['speedup_cold']:.1f}x", va="center", fontsize=7, color="#555555")
@@ -231,7 +236,7 @@ def latency_bars(rows, title: str = ""):
     ax.set_xlabel("ms per batch of 64 images (median); labels: speed-up over FP32 in the same run")
     ax.set_xlim(0, d[["ms_cold", "ms_per_batch"]].max().max() * 1.15)
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="upper right")  # the fastest, shortest bars are at the top
+    ax.legend(handles=handles, fontsize=7, loc="upper right")  # the fastest, shortest bars are at the top
     fig.tight_layout()
     return fig
 

@@ -28,6 +28,16 @@ def test_run_reports_warm_and_cold_times_and_memory(tmp_path):
         bench.run(tmp_path, block=0, progress=False)
 
 
+def test_run_records_which_models_ran_with_batchnorm_folded(tmp_path):
+    from qlib import quant
+
+    fp = models.resnet18(29).eval()
+    export.save(fp, tmp_path / "fp32.safetensors")
+    export.save(quant.fold_batchnorm(fp), tmp_path / "folded.safetensors")
+    res = bench.run(tmp_path, batch_size=2, threads=1, image_size=32, rounds=1, warmup=0, progress=False, block=1)
+    assert {r["variant"]: r["bn_folded"] for r in res["rows"]} == {"fp32": False, "folded": True}
+
+
 def test_run_rejects_an_empty_folder_and_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="no saved variant"):
         bench.run(tmp_path, progress=False)
