@@ -315,8 +315,9 @@ if len(fp_ci):
         f"the test split's tracks). {inside} of the {len(q)} quantized variants lie inside that interval, so where they sit "
         "on the accuracy front is partly the luck of the test tracks"
         + (f"; {len(above)} front point{'s' if len(above) > 1 else ''} ("
-           + ", ".join(f"{r['label']}, {r['accuracy']:.2%}" for _, r in above.iterrows())
-           + f") {'are' if len(above) > 1 else 'is'} above FP32 itself, which only noise can do" if len(above) else "")
+           + "; ".join(f"{r['label']}: {r['accuracy']:.2%}" for _, r in above.iterrows())
+           + f") {'are' if len(above) > 1 else 'is'} above FP32 itself, inside its interval: not evidence of a better model"
+           if len(above) else "")
         + ". The agreement front below measures each variant against FP32 image by image, on more images, and is the "
         "steadier ranking of how much quantization changed the model."))
 fig = plots.tradeoff(d, "size_mb", "agreement", "file size (MB, log scale)", title="Agreement with FP32 vs file size", fp_y=1.0)
