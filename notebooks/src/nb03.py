@@ -246,11 +246,28 @@ for ax, gran in zip(axes, ("tensor", "channel")):
         dl = d[d.layer == layer]
         ax.plot(dl["bits"], dl["error"], color=f"C{i}", lw=1.6, marker="o", ms=3, label=label, zorder=2)
     ax.set_yscale("log"); ax.set_xlabel("bits"); ax.set_title(f"per-{gran}")
+    ax.set_xticks(sorted(err_df["bits"].unique()))  # the measured bit widths only
 axes[0].set_ylabel("relative weight error")
 axes[1].plot([], [], color="0.75", lw=0.8, label=f"the other {len(w4) - len(named)} layers")
 axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
 fig.suptitle("Precomputed: each layer's weight error vs bits")
 fig.tight_layout()
+plt.show()
+# the straight lines' slope: the factor by which one more bit divides a layer's error, between measured bit widths,
+# against the factor by which it shrinks the grid's step, 2 max|w| / (2^b - 1) (qlib.quant, symmetric)
+pc = err_df[err_df.granularity == "channel"].pivot(index="layer", columns="bits", values="error")
+steps = list(zip(pc.columns[:-1], pc.columns[1:]))
+per_bit = {(a, b): float(np.median((pc[a] / pc[b]) ** (1 / (b - a)))) for a, b in steps}
+step_bit = {(a, b): ((2 ** b - 1) / (2 ** a - 1)) ** (1 / (b - a)) for a, b in steps}
+off = [(a, b) for a, b in steps if abs(per_bit[(a, b)] / step_bit[(a, b)] - 1) > 0.03]
+display(Markdown(
+    "Per channel, one more bit divides a layer's error by "
+    + ", ".join(f"**{per_bit[k]:.2f}** from {k[0]} to {k[1]} bits" for k in steps)
+    + " (medians over the layers), and the grid's step, 2·max|w| / (2^b − 1), by "
+    + ", ".join(f"{step_bit[k]:.2f}" for k in steps) + ": "
+    + ("the error shrinks with the step, to within 3% at every width: rounding error is a fixed fraction of the step, "
+       "whatever the bits." if not off else
+       "the error shrinks with the step to within 3% except from " + ", ".join(f"{a} to {b} bits" for a, b in off) + ".")))
 """),
 md("""
 ## What must hold
