@@ -263,9 +263,9 @@ off = [(a, b) for a, b in steps if abs(per_bit[(a, b)] / step_bit[(a, b)] - 1) >
 display(Markdown(
     "Per channel, one more bit divides a layer's error by "
     + ", ".join(f"**{per_bit[k]:.2f}** from {k[0]} to {k[1]} bits" for k in steps)
-    + " (medians over the layers), and the grid's step, 2·max|w| / (2^b − 1), by "
+    + " (medians over the layers), and the grid's step, 2·max|w| / (2ᵇ − 1), by "
     + ", ".join(f"{step_bit[k]:.2f}" for k in steps) + ": "
-    + ("the error shrinks with the step, to within 3% at every width: rounding error is a fixed fraction of the step, "
+    + ("the error shrinks with the step, to within 3% at every width; rounding error is a fixed fraction of the step, "
        "whatever the bits." if not off else
        "the error shrinks with the step to within 3% except from " + ", ".join(f"{a} to {b} bits" for a, b in off) + ".")))
 """),
