@@ -54,7 +54,9 @@ def header(cfg, splits) -> str:
 
 
 def bits_sweep(df, y="agreement", hue="method", title=None, ax=None, ylim=None):
-    """A metric vs weight bits per method/variant (DataFrame with columns bits, y, hue)."""
+    """A metric vs weight bits per method/variant (DataFrame with columns bits, y, hue); with
+    ``hue="method"`` each method in its colour and set a twentieth of a bit apart from the
+    next, so methods that tie stay visible."""
     import seaborn as sns
 
     if ax is None:
@@ -63,9 +65,14 @@ def bits_sweep(df, y="agreement", hue="method", title=None, ax=None, ylim=None):
         fig = ax.figure
     d = df.copy()
     d[y] = d[y] * 100 if y in ("agreement", "accuracy", "test_agreement") else d[y]
-    palette = {m: _method_color(m) for m in d[hue].unique()} if hue == "method" else None  # as in tradeoff
+    ticks = sorted(d["bits"].unique())
+    palette = None
+    if hue == "method":  # methods from different chapters often tie: set each a little apart, in its colour as in tradeoff
+        names = sorted(d[hue].unique())
+        palette = {m: _method_color(m) for m in names}
+        d["bits"] = d["bits"] + d[hue].map({m: 0.05 * (i - (len(names) - 1) / 2) for i, m in enumerate(names)})
     sns.lineplot(data=d, x="bits", y=y, hue=hue, marker="o", ax=ax, palette=palette)
-    ax.set_xticks(sorted(d["bits"].unique()))
+    ax.set_xticks(ticks)
     ax.set_xlabel("weight bits")
     ax.set_ylabel({"agreement": "top-1 agreement with FP32 (%)", "accuracy": "test accuracy (%)",
                    "kl": "KL(FP32 || quantized)"}.get(y, y))
