@@ -92,19 +92,6 @@ if found:
         flt = bdf[(bdf["engine"] == "float32") & (bdf["variant"] != "fp32")]
         folded = flt[flt["bn_folded"]]
         plain_sp = flt.loc[~flt["variant"].isin(folded["variant"]), "speedup_vs_fp32"]  # weight-only files as they run
-        if len(folded):
-            fold_x = float(folded["speedup_vs_fp32"].median())
-            names = ", ".join(f"`{v}`" for v in folded["variant"])
-            chs = sorted(set(df.loc[df["variant_file"].isin(folded["variant"]), "chapter"].str[:2])) if "variant_file" in df else []
-            one = len(folded) == 1
-            display(Markdown(f"The float file{'' if one else 's'} {names}" + (f" (chapter {', '.join(chs)})" if chs else "")
-                             + f" {'is' if one else 'are'} saved with BatchNorm folded into the convolutions; FP32's file keeps its "
-                             f"BatchNorm layers. Run as float32, {'it is' if one else 'they are'} "
-                             f"**{results.span(folded['speedup_vs_fp32'], '{:.2f}')}x** as fast as FP32: "
-                             + (f"folding alone makes a model about {fold_x:.2f}x faster here. The int8 engine folds BatchNorm "
-                                f"too, so part of its speed-up is folding: {results.span(e8['speedup_vs_fp32'])}x ÷ {fold_x:.2f} = "
-                                f"**{results.span(e8['speedup_vs_fp32'] / fold_x)}x** is what the int8 kernels add."
-                                if fold_x >= 1.05 else "folding alone gains little here, and the int8 engine's speed-up is its kernels'.")))
 else:
     bres, bdf = None, pd.DataFrame(columns=["variant", "ms_per_batch", "images_per_s", "speedup_vs_fp32"])
     display(Markdown("No saved variant found: run the method chapters first."))
@@ -122,7 +109,8 @@ CPU's int8 instructions: an Intel CPU with AMX tile units built earlier versions
 and the next cell names those of the machine that built this one. On one machine and one day it
 moved too: on 6 December 2026 the AMX machine gave between 3.3x and 8.3x, with the same files
 and the same code. To see why, the next cell runs FP32 and the int8-engine variants for a fixed
-time in short rounds (each model three batches back to back, as a model serving alone), and after each round a
+time in short rounds (each model three batches back to back, as a model serving alone; with them a float file that has
+its BatchNorm folded, to measure what folding alone gains), and after each round a
 **probe** that has nothing to do with quantization: five products of one fixed FP32 matrix.
 If the probe slows in some rounds, the machine itself slowed; the models' times in the same
 rounds show how much each one feels it, and each round's speed-up is measured inside that round.
@@ -132,13 +120,15 @@ probe at least 20% slower than in the quiet half).
 code("""
 if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
     found = bench.discover(vdir)
-    tl = measure.timeline({k: bench.load_runnable(found[k])[0] for k in ["fp32", *e8["variant"]]},
+    # the BN-folded float files run too: how much of the int8 speed-up is folding, measured in the same quiet rounds
+    tl = measure.timeline({k: bench.load_runnable(found[k])[0] for k in ["fp32", *e8["variant"], *folded["variant"]]},
                           seconds=5 if cfg.smoke else timeline_seconds, image_size=cfg.image_size, progress=True)
     results.write_json(tl, results.results_dir(cfg) / "timeline.json")
     tls = measure.timeline_speedups(tl, "fp32")  # quiet half and loaded rounds (the probe 20% slower) of the rounds
-    fig = plots.timeline(tl, title=f"FP32 and the int8 engine over {timeline_seconds if not cfg.smoke else 5} s of this machine",
-                         loaded_ms=tls["probe_threshold_ms"])
-    sp, ms_ = tls["models"], tls["ms"]
+    fig = plots.timeline(tl, title=f"FP32, the int8 engine" + (" and the BN-folded float file" if len(folded) else "")
+                         + f" over {timeline_seconds if not cfg.smoke else 5} s of this machine", loaded_ms=tls["probe_threshold_ms"])
+    sp = {k: v for k, v in tls["models"].items() if k in set(e8["variant"])}  # the int8 variants' speed-ups
+    ms_ = tls["ms"]
     text = (f"This CPU's int8 instructions: **{int8.matrix_units()}**. "
             f"{tls['rounds']} rounds. In the quiet half of them (the probe's fastest, median {ms_['probe']['quiet']:.0f} ms) the "
             f"int8-engine variants ran **{results.span([v['quiet'] for v in sp.values()])}x** faster than FP32. ")
@@ -185,6 +175,23 @@ if bres is not None and len(e8) and "fp32" in set(bdf["variant"]):
                         else "the int8 engine slowed more than FP32 for some variants, so a loaded stretch lowers their speed-up." if min(moved) < -0.1
                         else "the int8 engine slowed less than FP32, so a loaded stretch raises the speed-up."))
     display(Markdown(text))
+    if len(folded):  # bench.run found these float files without BatchNorm: it is folded into their convolutions
+        half = "quiet" if quiet_ok else "all"
+        fold_x = float(np.median([tls["models"][v][half] for v in folded["variant"]]))
+        int8_x = [v[half] for v in sp.values()]
+        names = ", ".join(f"`{v}`" for v in folded["variant"])
+        chs = sorted(set(df.loc[df["variant_file"].isin(folded["variant"]), "chapter"].str[:2])) if "variant_file" in df else []
+        one = len(folded) == 1
+        where = "in the quiet half of the rounds" if quiet_ok else "over all the rounds"
+        display(Markdown(
+            f"The float file{'' if one else 's'} {names}" + (f" (chapter {', '.join(chs)})" if chs else "")
+            + f" {'is' if one else 'are'} saved with BatchNorm folded into the convolutions; FP32's file keeps its BatchNorm "
+            f"layers. Run as float32, {'it was' if one else 'they were'} **{fold_x:.2f}x** as fast as FP32 {where} "
+            f"({results.span(folded['speedup_vs_fp32'], '{:.2f}')}x in the benchmark above): "
+            + (f"folding alone makes a model about {fold_x:.2f}x faster here. The int8 engine folds BatchNorm too, so part of "
+               f"its speed-up is folding: {results.span(int8_x)}x ÷ {fold_x:.2f} = **{results.span(np.asarray(int8_x) / fold_x)}x** "
+               "is what the int8 kernels add."
+               if round(fold_x, 2) >= 1.05 else "folding alone gains little here, and the int8 engine's speed-up is its kernels'.")))
 """),
 code("""
 # the benchmark's timings replace each chapter's own (same run, same protocol); the FP32 row
