@@ -230,6 +230,27 @@ def test_latency_bars_draw_warm_and_cold_for_every_variant():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["fp32 (float32)", "qat_int8 (int8 engine)"]  # fastest on top
     assert sorted(p.get_width() for p in ax.patches) == [15.0, 35.0, 97.0, 138.0]
     assert {t.get_text().strip() for t in ax.texts} == {"1.0x", "6.5x", "3.9x"}
+    # the key has a swatch for every colour the bars use: both warm ones and the cold grey
+    key = {tuple(np.round(h.get_facecolor(), 3)): h.get_label() for h in ax.get_legend().legend_handles}
+    bar_colors = {tuple(np.round(p.get_facecolor(), 3)) for p in ax.patches}
+    assert bar_colors == set(key) and len(key) == 3
+    assert any("int8" in v for v in key.values()) and any("float32" in v for v in key.values())
+    plots.plt.close(fig)
+
+
+def test_bits_sweep_keeps_methods_that_tie_apart_in_their_colours():
+    d = pd.DataFrame({"method": ["gptq", "awq+gptq", "gptq", "awq+gptq"], "bits": [2, 2, 4, 4],
+                      "agreement": [0.96, 0.96, 0.99, 0.99]})
+    fig = plots.bits_sweep(d, y="agreement", hue="method")
+    ax = fig.axes[0]
+    pts = {tuple(xy) for line in ax.lines for xy in np.asarray(line.get_xydata()).round(3)}
+    assert len(pts) == 4  # the tied points are drawn apart, not on top of each other
+    assert [t.get_position()[0] for t in ax.get_xticklabels()] == [2, 4]  # ticks stay at the measured bits
+    # each method in the colour the other figures give it, in the key and on the drawn line
+    key = {t.get_text(): matplotlib.colors.to_hex(h.get_color())
+           for t, h in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
+    assert key == {"gptq": plots.PALETTE["gptq"], "awq+gptq": plots.METHOD_COLORS["awq+gptq"]}
+    assert {matplotlib.colors.to_hex(line.get_color()) for line in ax.lines if len(line.get_xdata())} == set(key.values())
     plots.plt.close(fig)
 
 
