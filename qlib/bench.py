@@ -125,6 +125,7 @@ def run(folder, batch_size: int = 64, threads: int = 2, image_size: int = 64, ro
             "size_mb": os.path.getsize(stored) / 1e6,
             "int8_file_mb": os.path.getsize(files["int8"]) / 1e6 if files.get("int8") else None,
             "memory_mb": measure.memory_mb(m),
+            # by name: torch.ao's quantized BatchNorm2d is not a subclass of nn.BatchNorm2d
             "bn_folded": not any(type(mod).__name__.startswith("BatchNorm") for mod in m.modules()),
             **{k: st[k] for k in ("ms_per_batch", "ms_min", "ms_max", "spread", "images_per_s")},
             "ms_cold": st["ms_cold"],

@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 from adjustText import adjust_text
+from matplotlib.patches import Patch
 
 from . import atomic
 
@@ -227,8 +228,6 @@ def latency_bars(rows, title: str = ""):
     d = pd.DataFrame(rows).sort_values("ms_per_batch", ascending=False).reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(d) + 1.4))
     y = np.arange(len(d))
-    from matplotlib.patches import Patch
-
     ax.barh(y + 0.2, d["ms_cold"], height=0.4, color="#bbbbbb")
     int8 = d["engine"] == "int8 engine"
     ax.barh(y - 0.2, d["ms_per_batch"], height=0.4, color=[PALETTE["int8"] if e else PALETTE["fp32"] for e in int8])
