@@ -467,6 +467,25 @@ def act_steps(model: nn.Module) -> dict:
             if isinstance(m, _LSQMixin) and m.a_step is not None}
 
 
+def code_changes(start: nn.Module, end: nn.Module) -> dict:
+    """How many weight codes a fine-tune changed: ``{"changed", "total", "share"}`` over the LSQ
+    layers of ``start`` and ``end`` (the same network before and after training). A shadow weight
+    that starts on its grid point (GPTQ's solution) must move half a step to change its code."""
+    a = {n: m for n, m in start.named_modules() if isinstance(m, _LSQMixin)}
+    b = {n: m for n, m in end.named_modules() if isinstance(m, _LSQMixin)}
+    if not a or a.keys() != b.keys():
+        raise ValueError(f"code_changes: expected two LSQ models with the same layers, got {len(a)} and {len(b)} "
+                         f"LSQ layers{'' if not a or not b else ' (' + ', '.join(sorted(a.keys() ^ b.keys())[:3]) + ' differ)'}")
+    changed = total = 0
+    for n in a:
+        ca, cb = a[n].qtensor().codes, b[n].qtensor().codes
+        if ca.shape != cb.shape:
+            raise ValueError(f"code_changes: layer {n!r} has codes of shape {tuple(ca.shape)} and {tuple(cb.shape)}")
+        changed += int((ca != cb).sum())
+        total += ca.numel()
+    return {"changed": changed, "total": total, "share": changed / total}
+
+
 def to_int8(model: nn.Module, calib_x: torch.Tensor, observer: str = "histogram") -> nn.Module:
     """The int8-engine model of an LSQ model: its weight codes run exactly; activations are
     8-bit, calibrated by the engine's observers on ``calib_x`` (meaningful for a_bits=8)."""

@@ -93,6 +93,24 @@ def test_lsq_starts_from_the_init_solution_and_exports_bit_exact(fp, splits, x, 
         lsq.lsq_model(fp, s, init_model=bad)
 
 
+def test_code_changes_counts_the_weights_that_moved_to_another_code(fp):
+    init = _rtn_w4(fp)
+    s = QATSettings(w_bits=4, a_bits=None)
+    m0 = lsq.lsq_model(fp, s, init_model=init)
+    assert lsq.code_changes(m0, m0) == {"changed": 0, "total": sum(
+        mod.weight.numel() for mod in m0.modules() if isinstance(mod, (lsq.LSQConv2d, lsq.LSQLinear))), "share": 0.0}
+    m1 = lsq.lsq_model(fp, s, init_model=init)
+    step = m1.fc.w_step.detach()[0]
+    q = (m1.fc.weight.detach()[0, :3] / step).round()
+    with torch.no_grad():  # three weights moved from their code towards zero by 0.4 of a step (the same code),
+        # 0.6 of a step and a whole step (new codes)
+        m1.fc.weight[0, :3] = (q + torch.tensor([0.4, 0.6, 1.0]) * torch.where(q < 0, 1.0, -1.0)) * step
+    c = lsq.code_changes(m0, m1)
+    assert c["changed"] == 2 and c["share"] == 2 / c["total"]
+    with pytest.raises(ValueError, match="same layers"):
+        lsq.code_changes(m0, fp)
+
+
 def test_adam_moves_every_step_by_a_fraction_of_itself(fp, splits, x):
     """Steps are learned as logarithms: with Adam each step (a 4-bit activation step ~1e-1 or a
     weight step ~1e-3) changes by about ``step_lr`` *of itself* per update, whatever the scale

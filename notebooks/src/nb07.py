@@ -502,13 +502,14 @@ is one draw (above). So the 5-minute run is repeated here for the two targeted c
 `budget_lr` (3e-4), with two seeds each, everything else as above, to see whether the gain holds.
 """),
 code("""
-lr_runs = {}  # configuration: the time-boxed runs at budget_lr, one per seed
+lr_runs, lr_codes = {}, {}  # configuration: the time-boxed runs at budget_lr, one per seed; and the codes they changed
 for c in [c for c in budget_lr_configs if c in budget_curves]:
     w, a = lsq.parse_config(c)
     for k in range(budget_lr_seeds):
         s_lr = replace(lsq_recipe, w_bits=w, a_bits=a, lr=budget_lr, seed=cfg.seed + k)
-        lr_runs.setdefault(c, []).append(lsq_curve.run(fp, splits, boxed(s_lr), ref, budget_every, init_model=gq[w],
-                                                       calib_x=calib_x, progress=False)[1])
+        m_lr, rows = lsq_curve.run(fp, splits, boxed(s_lr), ref, budget_every, init_model=gq[w], calib_x=calib_x, progress=False)
+        lr_runs.setdefault(c, []).append(rows)
+        lr_codes.setdefault(c, []).append(lsq.code_changes(ptq_models[c], m_lr)["share"])
 if lr_runs:
     fig = plots_qat.recovery_curves(
         {**{f"{c}, weights at {lsq_lr:g} (above)": budget_curves[c] for c in lr_runs},
@@ -531,6 +532,51 @@ if lr_runs:
         lines.append(" W4A4 at 3e-4 ends " + ("below" if max(ends4) < 0.29 else "within or above" if min(ends4) >= 0.29 else "partly below")
                      + " the earlier sweep's +29% to +33%" + (": that sweep's gain does not hold in this build." if max(ends4) < 0.29 else "."))
     display(Markdown("\\n".join(lines)))
+"""),
+md(r"""
+#### How far the weights move
+
+LSQ starts every shadow weight on its GPTQ grid point, $w = s\,q$, the middle of the interval that
+rounds to $q$: a weight changes its code only after it has moved half a step, $s/2$ (or its step has
+moved enough to carry $w/s$ across a boundary). With Adam a weight moves by at most about its
+learning rate per update, so how many updates that takes depends on the size of the steps, measured
+below. `lsq.code_changes` counts the weight codes each fine-tune changed, from either cause.
+"""),
+code("""
+codes = pd.DataFrame(
+    [{"run": f"{lsq_steps} steps, weights at {lsq_lr:g}", "config": c, "share": lsq.code_changes(ptq_models[c], lsq_models[c])["share"]}
+     for c in lsq_configs] +
+    [{"run": f"{budget_minutes:g} min, weights at {lsq_lr:g}", "config": c, "share": lsq.code_changes(ptq_models[c], m)["share"]}
+     for c, m in budget_models.items()] +
+    [{"run": f"{budget_minutes:g} min, weights at {budget_lr:g}, seed {cfg.seed + k}", "config": c, "share": v}
+     for c, vs in lr_codes.items() for k, v in enumerate(vs)])
+display(codes.pivot(index="run", columns="config", values="share").style.format("{:.3%}", na_rep="").set_caption(
+    "Share of the weight codes (all 21 layers) that differ from GPTQ's at the end of the fine-tune"))
+short = codes[codes.run.str.startswith(f"{lsq_steps} steps")].share
+def median_step(m):  # the median weight step of the low-bit layers (those not kept at 8 bits)
+    return float(torch.cat([l.w_step.detach().flatten() for n, l in m.named_modules()
+                            if hasattr(l, "w_step") and n not in lsq_keep_8bit]).median())
+n_max = max(budget_n.values(), default=lsq_steps)   # the most updates any run at lsq_lr made
+reach = {c: (n_max * lsq_lr / median_step(ptq_models[c]), median_step(ptq_models[c])) for c in lsq_configs}
+display(Markdown(
+    "The median weight step of the layers not kept at 8 bits is " + ", ".join(f"{st:.2g} ({c})" for c, (_, st) in reach.items()) +
+    f". At {lsq_lr:g} per update, the longest of these runs ({n_max} updates) can carry a weight "
+    + ", ".join(f"{r:.2f} ({c})" for c, (r, _) in reach.items()) + " of a median step, and only if every update "
+    "pushes it the same way; a code changes after half a step."))
+stay = [c for c in lsq_configs if (codes[(codes.config == c) & codes.run.str.startswith(f"{lsq_steps} steps")].share < 0.001).all()]
+if len(lr_codes):
+    fast_share = codes[codes.run.str.contains(f"at {budget_lr:g}")].share
+    lr_end = [r[-1]["recovered"] for runs in lr_runs.values() for r in runs]
+    display(Markdown(
+        f"At the chapter's rate the {lsq_steps}-step fine-tune changes " + ", ".join(
+            f"{v:.3%} ({c})" for c, v in zip(codes.config[short.index], short)) + " of the weight codes" +
+        (f": the weights of {', '.join(stay)} stay on GPTQ's grid, and what the fine-tune changes there is its steps and biases. "
+         if stay else ". ")
+        + f"At {budget_lr:g} for {budget_minutes:g} minutes it changes {results.span(fast_share, '{:.2%}', '–')} of them, and ends at "
+        f"{results.span(lr_end, '{:+.0%}', ' to ')} of PTQ's loss won back: "
+        + ("weights free to leave GPTQ's grid do not win the loss back either." if max(lr_end) < 0.5 else "at least one run reaches half.")))
+else:
+    display(Markdown(f"At the chapter's rate the {lsq_steps}-step fine-tune changes {results.span(short, '{:.3%}', '–')} of the weight codes."))
 """),
 md("""
 ### Five minutes from the smoothed start
