@@ -57,7 +57,9 @@ def header(cfg, splits) -> str:
 def bits_sweep(df, y="agreement", hue="method", title=None, ax=None, ylim=None):
     """A metric vs weight bits per method/variant (DataFrame with columns bits, y, hue); with
     ``hue="method"`` each method in its colour and set a twentieth of a bit apart from the
-    next, so methods that tie stay visible."""
+    next, so methods that tie stay visible. ``y="disagreement"`` plots 1 - agreement on a log
+    scale, which spreads the variants that agree nearly everywhere (a variant that changes no
+    answer is drawn at the axis' floor, half the smallest share drawn, and said so)."""
     import seaborn as sns
 
     if ax is None:
@@ -65,6 +67,18 @@ def bits_sweep(df, y="agreement", hue="method", title=None, ax=None, ylim=None):
     else:
         fig = ax.figure
     d = df.copy()
+    none = 0
+    if y == "disagreement":
+        d[y] = (1.0 - d["agreement"]) * 100
+        positive = d[y][d[y] > 0]
+        none = int((d[y] <= 0).sum())
+        floor = positive.min() / 2 if len(positive) else 0.01
+        d[y] = d[y].clip(lower=floor)
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
+        if none:
+            ax.text(0.01, 0.01, f"{none} changing no answer, drawn at the bottom", transform=ax.transAxes, fontsize=7,
+                    color="#555555")
     d[y] = d[y] * 100 if y in ("agreement", "accuracy", "test_agreement") else d[y]
     ticks = sorted(d["bits"].unique())
     palette = None
@@ -76,7 +90,8 @@ def bits_sweep(df, y="agreement", hue="method", title=None, ax=None, ylim=None):
     ax.set_xticks(ticks)
     ax.set_xlabel("weight bits")
     ax.set_ylabel({"agreement": "top-1 agreement with FP32 (%)", "accuracy": "test accuracy (%)",
-                   "kl": "KL(FP32 || quantized)"}.get(y, y))
+                   "kl": "KL(FP32 || quantized)",
+                   "disagreement": "answers that differ from FP32's (%, log)"}.get(y, y))
     if y == "kl":
         ax.set_yscale("log")
     if ylim:
@@ -113,6 +128,17 @@ def pareto_front(x, y):
             front.append(i)
             best = y[i]
     return front
+
+
+def pareto_rows(df, x: str, y: str, front: str = "min"):
+    """The rows of ``df`` (those with both ``x`` and ``y``) on the Pareto front, in order of ``x``:
+    larger ``y`` is better, and smaller ``x`` (``front="min"``, e.g. size) or larger
+    (``front="max"``, e.g. throughput). The front ``tradeoff`` draws and numbers."""
+    if front not in ("min", "max"):
+        raise ValueError(f"front={front!r}: expected 'min' (smaller {x} is better) or 'max' (larger is better)")
+    d = df.dropna(subset=[x, y]).reset_index(drop=True)
+    xs = d[x].to_numpy() if front == "min" else -d[x].to_numpy()
+    return d.iloc[pareto_front(xs, d[y].to_numpy())].sort_values(x)
 
 
 def _plain_log_ticks(axis) -> None:
@@ -188,9 +214,7 @@ def tradeoff(df, x: str, y: str = "accuracy", xlabel: str = "", logx: bool = Tru
     for z, (method, g) in enumerate(groups):
         ax.scatter(g[x], g[y] * 100, color=_method_color(method), label=method, s=28, alpha=0.85,
                    edgecolor="white", linewidth=0.5, zorder=2 + z)
-    xs = d[x].to_numpy() if front == "min" else -d[x].to_numpy()
-    idx = pareto_front(xs, d[y].to_numpy())
-    fr = d.iloc[idx].sort_values(x)
+    fr = pareto_rows(d, x, y, front)
     ax.plot(fr[x], fr[y] * 100, color="k", lw=1, ls="--", label="Pareto front")
     key, numbers = [], []
     for i, (_, r) in enumerate(fr.iterrows(), 1):

@@ -269,3 +269,27 @@ def test_timeline_plots_each_round_and_keeps_its_key_off_the_axis_label():
     plots.plt.close(fig)
     with pytest.raises(ValueError, match="ref='nope'"):
         plots.timeline(tl, ref="nope")
+
+
+def test_pareto_rows_keeps_only_undominated_variants_in_order_of_x():
+    d = pd.DataFrame({"label": ["a", "b", "c", "d", "e"], "size_mb": [1.0, 2.0, 3.0, 2.5, np.nan],
+                      "accuracy": [0.80, 0.90, 0.95, 0.85, 0.99]})
+    # d is larger than b and less accurate: dominated; e has no size and is left out
+    assert list(plots.pareto_rows(d, "size_mb", "accuracy")["label"]) == ["a", "b", "c"]
+    # larger x is better (throughput): only the fastest and the most accurate survive
+    assert list(plots.pareto_rows(d.rename(columns={"size_mb": "ips"}), "ips", "accuracy", front="max")["label"]) == ["c"]
+    with pytest.raises(ValueError, match="front='low'"):
+        plots.pareto_rows(d, "size_mb", "accuracy", front="low")
+
+
+def test_bits_sweep_disagreement_spreads_near_full_agreement_on_a_log_scale():
+    d = pd.DataFrame({"method": ["gptq", "rtn", "gptq", "rtn"], "bits": [2, 2, 8, 8],
+                      "agreement": [0.96, 0.72, 0.999, 1.0]})
+    fig = plots.bits_sweep(d, y="disagreement", hue="method")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    ys = sorted(y for line in ax.lines for y in np.asarray(line.get_ydata(), dtype=float) if np.isfinite(y))
+    # 1 - agreement in percent; the variant that changes nothing sits at half the smallest share, and is named
+    assert np.allclose(ys, [0.05, 0.1, 4.0, 28.0])
+    assert any("1 changing no answer" in t.get_text() for t in ax.texts)
+    plots.plt.close(fig)

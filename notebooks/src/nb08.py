@@ -25,6 +25,7 @@ bench_rounds = 15
 timeline_seconds = 45   # the machine-speed timeline below
 """),
 code("""
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -314,7 +315,7 @@ if len(fp_ci):
     lo, hi = float(fp_ci["acc_lo"].iloc[0]), float(fp_ci["acc_hi"].iloc[0])
     da = d.dropna(subset=["accuracy"]).reset_index(drop=True)
     q = da[da["method"] != "fp32"]
-    fr = da.iloc[plots.pareto_front(da["size_mb"].to_numpy(), da["accuracy"].to_numpy())]
+    fr = plots.pareto_rows(d, "size_mb", "accuracy")  # the front the figure above numbers
     above = fr[(fr["method"] != "fp32") & (fr["accuracy"] > fp_acc)]
     inside = int(((q["accuracy"] >= lo) & (q["accuracy"] <= hi)).sum())
     display(Markdown(
@@ -349,9 +350,25 @@ code("""
 b = df[df["method"] != "fp32"].dropna(subset=["bits", "agreement"]).copy()
 b = b[b["act_bits"].fillna(32) >= 8] if "act_bits" in b else b
 if len(b):
-    fig = plots.bits_sweep(b.groupby(["method", "bits"], as_index=False)["agreement"].max(), y="agreement", hue="method",
-                           title="Best agreement with FP32 per method and weight bits\\n(activations >= 8 bits; "
-                                 "the best of each method's settings in any chapter)")
+    best = b.loc[b.groupby(["method", "bits"])["agreement"].idxmax()].reset_index(drop=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    plots.bits_sweep(best, y="agreement", hue="method", ax=axes[0], title="Agreement with FP32")
+    # the same points as the share of answers changed, on a log scale: the 8-bit variants, all near 100% on the left, apart
+    plots.bits_sweep(best, y="disagreement", hue="method", ax=axes[1], title="Answers changed (log scale)")
+    axes[1].get_legend().remove()
+    fig.suptitle("The best of each method's settings in any chapter, per weight bits (activations >= 8 bits)",
+                 fontweight="bold")
+    fig.tight_layout()
+    plt.show()  # the figure above the sentence that reads it
+    top = best[best["bits"] == best["bits"].max()].sort_values("agreement", ascending=False)
+    if len(top) > 1 and "n_fidelity" in top and top["n_fidelity"].notna().all():
+        changed = ((1 - top["agreement"]) * top["n_fidelity"]).round().astype(int)
+        display(Markdown(
+            f"At {top['bits'].iloc[0]:g} bits the methods change " + ", ".join(
+                f"{k} of {int(n):,} answers ({m})" for m, k, n in zip(top["method"], changed, top["n_fidelity"]))
+            + f": between {changed.min()} and {changed.max()} images each"
+            + (f", counted on {' or '.join(f'{int(n):,}' for n in sorted(top['n_fidelity'].unique()))} images" if top["n_fidelity"].nunique() > 1 else "")
+            + ". The log scale sets them apart; these counts say how few images each gap between them is."))
 """),
 md("""
 ## How much does the calibration sample matter?
