@@ -132,6 +132,7 @@ recon_images, recon_iters = 1024, 200  # block-wise reconstruction: training ima
 budget_minutes = 4.5   # LSQ: the chapter's recipe time-boxed to the 5-minute target: minutes of optimizer steps (building the start model adds seconds)
 budget_steps, budget_every = 400, 40  # at most this many steps in the time box (1.0-1.7 s per step from day to day: 160-270), measured every 40 steps
 budget_lr, budget_lr_configs, budget_lr_seeds = 3e-4, ["W4A4", "W2A4"], 2  # the 5-minute run again with this weights' learning rate, these configurations, seeds
+moved_share = 0.01     # a fine-tune moves the weights when it changes at least this share of their codes (1 in 100)
 fidelity_limit = None  # agreement on val + test (held out from QAT training); a number subsamples it
 timeline_seconds = 30  # int8 speed: FP32, PTQ and QAT timed round after round beside a probe of the machine (chapter 8)
 """),
@@ -564,19 +565,20 @@ display(Markdown(
     + ", ".join(f"{n_max * lsq_lr / st:.2f} ({c})" for c, st in step_med.items()) + " of a median step, and only if every update "
     "pushes it the same way; a code changes after half a step."))
 stay = list(short[short < 0.001].index)  # configurations whose chapter run changed fewer than 1 in 1,000 codes
-moved = codes[codes.share >= 0.01]         # runs that changed at least 1 in 100
+moved = codes[codes.share >= moved_share]  # runs that changed at least 1 in 100
+one_in = f"1 in {1 / moved_share:,.0f}"
 still = [c for c in codes.config.unique() if c not in set(moved.config)]
 lines = [f"At the chapter's rate the {lsq_steps}-step fine-tune changes " + ", ".join(f"{v:.3%} ({c})" for c, v in short.items())
          + " of the weight codes" + (f": the weights of {', '.join(stay)} stay on GPTQ's grid, and what the fine-tune changes there "
                                      "is its steps and biases." if stay else ".")]
 if len(moved):
     lines.append(
-        "Where a run does move the codes, at least 1 in 100 of them, it ends at " + "; ".join(
+        f"Where a run does move the codes, at least {one_in} of them, it ends at " + "; ".join(
             f"{r.recovered:+z.0%} ({r.config}, {r.run}: {r.share:.2%} of the codes)" for r in moved.itertuples())
         + " of PTQ's loss won back: " + ("weights that leave GPTQ's grid do not win the loss back either."
                                          if moved.recovered.max() < 0.5 else "at least one of them reaches half."))
 if still:
-    lines.append(f"No run of {', '.join(still)} changes as many as 1 in 100 (at most " + ", ".join(
+    lines.append(f"No run of {', '.join(still)} changes as many as {one_in} (at most " + ", ".join(
                      f"{v:.2%} for {c}" for c, v in codes[codes.config.isin(still)].groupby("config").share.max().items())
                  + (f", even at {budget_lr:g}" if set(still) & set(lr_codes) else "") +
                  "): those weights barely leave GPTQ's grid at any rate tried here, so these runs do not test what moving them could do.")
@@ -791,7 +793,7 @@ if learn_runs:
     for c, v in wo_codes.items():
         lines.append(f"\\nThe weights-only run of {c} changes {v:.3%} of its weight codes" + (
             ": a weight that keeps its code leaves the network's output as it was, so what this run changes is mostly "
-            "the biases, and it says little about what the weights could do." if v < 0.01 else
+            "the biases, and it says little about what the weights could do." if v < moved_share else
             ", so it does move the weights, not only the biases."))
     steps_lose = all(end[(c, "steps", False)] < 0 for c in steps_only)
     if steps_lose:
