@@ -303,7 +303,9 @@ specs = {"int8_ptq": ("int8-ptq", 8, {"observer": observer, "smoothing": None}),
 for k, (method, bits, st) in specs.items():
     r = real.loc[k]
     rows.append({"method": method, "label": r["variant"], "bits": bits, "act_bits": 8, "granularity": "channel",
-                 **{c: float(r[c]) for c in ("accuracy", "acc_lo", "acc_hi", "agreement", "kl", "size_mb", "ms_per_batch", "images_per_s")},
+                 **{c: float(r[c]) for c in ("accuracy", "acc_lo", "acc_hi", "agreement", "kl", "test_agreement", "size_mb", "ms_per_batch",
+                                             "images_per_s")},
+                 **{c: int(r[c]) for c in ("n_test", "n_fidelity")},  # the images the agreement was counted on
                  "engine": "int8", "variant_file": k, "calib_seed": cfg.seed, "settings": st})
 for r in sweep_rows + [{**b, "mode": None, "alpha": None} for b in base_rows]:
     rows.append({"method": "smoothquant" if r["mode"] else "int8-ptq", "label": f"W8A{r['act_bits']} fake quant " + (f"{r['mode']} a={r['alpha']:g}" if r["mode"] else "no smoothing"),
