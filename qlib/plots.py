@@ -74,8 +74,6 @@ def bits_sweep(df, y="agreement", hue="method", title=None, ax=None, ylim=None):
         none = int((d[y] <= 0).sum())
         floor = positive.min() / 2 if len(positive) else 0.01
         d[y] = d[y].clip(lower=floor)
-        ax.set_yscale("log")
-        _plain_log_ticks(ax.yaxis)
         if none:
             ax.text(0.01, 0.01, f"{none} changing no answer, drawn at the bottom", transform=ax.transAxes, fontsize=7,
                     color="#555555")
@@ -92,8 +90,10 @@ def bits_sweep(df, y="agreement", hue="method", title=None, ax=None, ylim=None):
     ax.set_ylabel({"agreement": "top-1 agreement with FP32 (%)", "accuracy": "test accuracy (%)",
                    "kl": "KL(FP32 || quantized)",
                    "disagreement": "answers that differ from FP32's (%, log)"}.get(y, y))
-    if y == "kl":
+    if y in ("kl", "disagreement"):
         ax.set_yscale("log")
+    if y == "disagreement":
+        _plain_log_ticks(ax.yaxis)
     if ylim:
         ax.set_ylim(*ylim)
     if title:

@@ -347,7 +347,9 @@ if len(t):
 """),
 code("""
 # agreement, not test accuracy: the best of several settings picked on test accuracy would pick the test split's noise too
-b = df[df["method"] != "fp32"].dropna(subset=["bits", "agreement"]).copy()
+# and a method's own variants (main_rows): a sweep's points, e.g. chapter 06's ten alphas each on a subsample of the
+# images, would let the best of many noisy measurements stand for the method
+b = main_rows(df[df["method"] != "fp32"].dropna(subset=["bits", "agreement"]))
 b = b[b["act_bits"].fillna(32) >= 8] if "act_bits" in b else b
 if len(b):
     best = b.loc[b.groupby(["method", "bits"])["agreement"].idxmax()].reset_index(drop=True)
@@ -356,7 +358,7 @@ if len(b):
     # the same points as the share of answers changed, on a log scale: the 8-bit variants, all near 100% on the left, apart
     plots.bits_sweep(best, y="disagreement", hue="method", ax=axes[1], title="Answers changed (log scale)")
     axes[1].get_legend().remove()
-    fig.suptitle("The best of each method's settings in any chapter, per weight bits (activations >= 8 bits)",
+    fig.suptitle("The best of each method's own variants in any chapter, per weight bits (activations >= 8 bits)",
                  fontweight="bold")
     fig.tight_layout()
     plt.show()  # the figure above the sentence that reads it
@@ -368,7 +370,7 @@ if len(b):
                 f"{k} of {int(n):,} answers ({m})" for m, k, n in zip(top["method"], changed, top["n_fidelity"]))
             + f": between {changed.min()} and {changed.max()} images each"
             + (f", counted on {' or '.join(f'{int(n):,}' for n in sorted(top['n_fidelity'].unique()))} images" if top["n_fidelity"].nunique() > 1 else "")
-            + ". The log scale sets them apart; these counts say how few images each gap between them is."))
+            + ". The log scale sets them apart; these counts say how many images each gap between them is."))
 """),
 md("""
 ## How much does the calibration sample matter?
