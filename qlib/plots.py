@@ -67,7 +67,6 @@ def bits_sweep(df, y="agreement", hue="method", title=None, ax=None, ylim=None):
     else:
         fig = ax.figure
     d = df.copy()
-    none = 0
     if y == "disagreement":
         d[y] = (1.0 - d["agreement"]) * 100
         positive = d[y][d[y] > 0]
