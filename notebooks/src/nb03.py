@@ -123,7 +123,8 @@ for bits in bits_list:
             continue
         q = rtn.quantize_model(fp, quant.QuantSettings(bits=bits, granularity=gran), keep_8bit=keep)
         variant = f"RTN per-{gran}" + (" (conv1, fc at 8 bits)" if keep else "")
-        sweep.append({"method": "rtn", "variant": variant, "bits": bits, "granularity": gran,
+        label = f"RTN W{bits} per-{gran}" + (" (conv1, fc at 8 bits)" if keep else "")  # as chapters 04-07 name rows
+        sweep.append({"method": "rtn", "variant": variant, "label": label, "bits": bits, "granularity": gran,
                       "keep_8bit": list(keep), **ref.row(q), "size_mb": measure.saved_size_mb(q)})
 rtn_df = pd.DataFrame(sweep)
 display(rtn_df[["variant", "bits", "accuracy", "agreement", "kl", "size_mb"]].round(4))
@@ -284,7 +285,7 @@ assert sizes.loc[4] < 6.0 and sizes.loc[8] < 11.5, sizes  # real packed files, n
 print("ok")
 """),
 code("""
-rows = [{**{k: v for k, v in r.items() if k not in ("variant",)}, "variant": r["variant"],
+rows = [{**{k: v for k, v in r.items() if k != "variant"},
          "settings": {"granularity": r["granularity"], "keep_8bit": r["keep_8bit"], "range": "minmax"}}
         for r in sweep]
 results.record("03_basics", rows, cfg, data=splits.source);  # ';': the cell shows nothing (record returns the file's path)

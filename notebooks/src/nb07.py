@@ -565,7 +565,7 @@ display(Markdown(
     + ", ".join(f"{n_max * lsq_lr / st:.2f} ({c})" for c, st in step_med.items()) + " of a median step, and only if every update "
     "pushes it the same way; a code changes after half a step."))
 stay = list(short[short < 0.001].index)  # configurations whose chapter run changed fewer than 1 in 1,000 codes
-moved = codes[codes.share >= moved_share]  # runs that changed at least 1 in 100
+moved = codes[codes.share >= moved_share]  # runs that changed at least moved_share of their codes
 one_in = f"1 in {1 / moved_share:,.0f}"
 still = [c for c in codes.config.unique() if c not in set(moved.config)]
 lines = [f"At the chapter's rate the {lsq_steps}-step fine-tune changes " + ", ".join(f"{v:.3%} ({c})" for c, v in short.items())

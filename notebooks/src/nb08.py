@@ -210,8 +210,9 @@ if len(df) and "variant_file" in df:
 fp_row = df[df["method"] == "fp32"].iloc[0] if (len(df) and (df["method"] == "fp32").any()) else None
 fp_acc = float(fp_row["accuracy"]) if fp_row is not None else models.evaluate(fp, splits.test)["accuracy"]
 fp_mb = float(fp_row["size_mb"]) if fp_row is not None and pd.notna(fp_row.get("size_mb")) else measure.file_size_mb(results.variant_path(cfg, "fp32"))
-if len(df):  # rows without a label (chapter 03's RTN sweep) get one
-    df["label"] = df["label"].fillna(df["method"].str.upper() + " W" + df["bits"].astype("Int64").astype(str) + " " + df.get("granularity", pd.Series("", index=df.index)).fillna(""))
+if len(df):  # every method chapter labels its rows; chapter 02's one row is the baseline
+    df.loc[df["method"].eq("fp32") & df["label"].isna(), "label"] = "FP32 baseline"
+    assert df["label"].notna().all(), df.loc[df["label"].isna(), ["chapter", "method", "bits"]]
 def main_rows(d):
     \"\"\"A method's own variants: no sweep points, no ablation variants (AWQ's 'scales only', RTN's weight-error
     clipping) and not chapter 07's PTQ starting points (GPTQ weights again, the A4 ones with per-tensor steps no engine here runs).\"\"\"
